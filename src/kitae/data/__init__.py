@@ -1,0 +1,1 @@
+"""Data: read files, render texts, encode targets, split, batch."""

@@ -1,0 +1,115 @@
+"""Tokenise once, then build padded batches with explicit pooling positions.
+
+Batches come from a sampler kitae owns: the order of every epoch is a pure function of
+(seed, epoch), so a resumed run replays exactly the batches an uninterrupted run would see, and
+length grouping (texts of similar length together) removes most of the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from kitae.models.pooling import last_token_positions
+
+
+@dataclass
+class Encoded:
+    """Token ids of every example of a split (no padding), and how many were truncated."""
+
+    input_ids: list[list[int]]
+    truncated: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(ids) for ids in self.input_ids])
+
+
+@dataclass
+class EncodedSplit:
+    """One split, ready for the loop: ids, token ids and task targets (None when unlabelled)."""
+
+    name: str
+    ids: list[str]
+    encoded: Encoded
+    targets: list[Any] | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int, chunk_size: int = 1024) -> Encoded:
+    ids: list[list[int]] = []
+    truncated = 0
+    for start in range(0, len(texts), chunk_size):
+        chunk = list(texts[start:start + chunk_size])
+        full = tokenizer(chunk, truncation=False, add_special_tokens=True)["input_ids"]
+        for row in full:
+            if len(row) > max_length:
+                truncated += 1
+                # Keep the special tokens the tokenizer adds at the end (e.g. BERT's [SEP]).
+                tail = _special_suffix(tokenizer, row)
+                row = row[: max_length - len(tail)] + tail
+            ids.append(row)
+    return Encoded(ids, truncated)
+
+
+def _special_suffix(tokenizer, row: list[int]) -> list[int]:
+    special = set(tokenizer.all_special_ids)
+    tail: list[int] = []
+    for token in reversed(row):
+        if token not in special or len(tail) >= 2:
+            break
+        tail.insert(0, token)
+    return tail
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool = True, megabatch_factor: int = 50) -> list[np.ndarray]:
+    """The batches (arrays of example indices) of one training epoch.
+
+    Shuffled with (seed, epoch); with `group_by_length`, sorted by length inside megabatches of
+    `megabatch_factor` batches, then the batch order is shuffled again (as transformers'
+    LengthGroupedSampler, but reproducible per epoch).
+
+    >>> [b.tolist() for b in epoch_batches(np.array([5, 1, 4, 2]), 2, seed=0, epoch=0)]
+    [[0, 2], [3, 1]]
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        megabatch = batch_size * megabatch_factor
+        order = np.concatenate([
+            chunk[np.argsort(-lengths[chunk], kind="stable")]
+            for chunk in np.array_split(order, max(1, int(np.ceil(len(order) / megabatch))))
+        ])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Batches for inference: longest first, so similar lengths share a batch (order is undone
+    by the caller, which writes results back by index)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(input_ids: Sequence[list[int]], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad to the longest row; `pool_positions` = index of each row's last real token."""
+    width = max(len(row) for row in input_ids)
+    ids = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for b, row in enumerate(input_ids):
+        if padding_side == "left":
+            ids[b, width - len(row):] = torch.tensor(row)
+            mask[b, width - len(row):] = 1
+        else:
+            ids[b, :len(row)] = torch.tensor(row)
+            mask[b, :len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "pool_positions": last_token_positions(mask)}

@@ -1,0 +1,222 @@
+"""Confusion-matrix and training-history plots with Japanese labels.
+
+Figures are built with :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot), so plotting
+touches no global matplotlib state and works in headless training jobs. Japanese glyphs come
+from the IPAexGothic font bundled with the ``matplotlib-fontja`` package, passed explicitly as
+``FontProperties(fname=...)``: importing ``matplotlib_fontja`` itself would change the global
+``rcParams`` font family, which is why the font file is located without importing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ticker import MaxNLocator
+
+__all__ = ["plot_confusion_matrix", "plot_history"]
+
+_FONTJA_TTF = ("fonts", "ipaexg.ttf")
+
+
+@functools.lru_cache(maxsize=1)
+def _japanese_font_file() -> str | None:
+    """Path of the IPAexGothic file shipped with matplotlib-fontja, or None if not installed."""
+    spec = importlib.util.find_spec("matplotlib_fontja")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location).joinpath(*_FONTJA_TTF)
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _font(size: float | None = None) -> FontProperties:
+    """Font for text that may contain Japanese; falls back to matplotlib's default family."""
+    path = _japanese_font_file()
+    if path is None:
+        return FontProperties(size=size)
+    return FontProperties(fname=path, size=size)
+
+
+def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> None:
+    """Save ``fig`` to a temporary file next to ``path``, then rename it over ``path``.
+
+    Readers (a dashboard, a file watcher) never see a half-written image, and a crash leaves the
+    previous plot intact.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fmt = target.suffix.lstrip(".").lower() or "png"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight")
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    label_names: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str = "",
+    normalize: bool = False,
+) -> None:
+    """Draw a confusion matrix as an annotated heatmap and write it to ``path``.
+
+    Rows are true classes, columns predicted classes (as returned by
+    :func:`kitae.metrics.confusion_matrix`). Cell colour is the row-normalised rate (recall
+    along the diagonal), so classes of different sizes are comparable; cells show counts, or
+    row-normalised rates when ``normalize`` is true. The file is written atomically and its
+    format follows the suffix of ``path`` (PNG when there is none).
+
+    >>> import numpy as np, tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "cm.png")
+    >>> plot_confusion_matrix(np.array([[5, 1], [2, 7]]), ["スポーツ", "政治"], out)
+    >>> os.path.getsize(out) > 0
+    True
+    """
+    cm = np.asarray(cm)
+    n = len(label_names)
+    if cm.shape != (n, n):
+        raise ValueError(f"cm has shape {cm.shape}, expected ({n}, {n}) for {n} label names")
+
+    row_sums = cm.sum(axis=1, keepdims=True).astype(np.float64)
+    rates = np.divide(cm, row_sums, out=np.zeros(cm.shape, dtype=np.float64), where=row_sums != 0)
+
+    # Grow the canvas with the class count so cells and labels stay legible up to ~20 classes.
+    side = min(max(4.0, 0.55 * n + 2.5), 16.0)
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.subplots()
+    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("行ごとの割合 / row rate", fontproperties=_font(9))
+
+    tick_size = 10 if n <= 10 else 8
+    longest = max((len(name) for name in label_names), default=0)
+    rotate = n > 6 or longest * n > 40
+    ax.set_xticks(
+        range(n),
+        labels=list(label_names),
+        fontproperties=_font(tick_size),
+        rotation=45 if rotate else 0,
+        ha="right" if rotate else "center",
+        rotation_mode="anchor",
+    )
+    ax.set_yticks(range(n), labels=list(label_names), fontproperties=_font(tick_size))
+    ax.set_xlabel("予測 / predicted", fontproperties=_font(11))
+    ax.set_ylabel("正解 / true", fontproperties=_font(11))
+    if title:
+        ax.set_title(title, fontproperties=_font(12))
+
+    cell_size = 10 if n <= 8 else (8 if n <= 14 else 6)
+    for i in range(n):
+        for j in range(n):
+            text = f"{rates[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+            # White text on dark cells, dark text on light ones.
+            colour = "white" if rates[i, j] > 0.5 else "#222222"
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=cell_size)
+
+    _save_atomic(fig, path)
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) for ``key``, skipping rows where it is missing or None."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for index, row in enumerate(history):
+        value = row.get(key)
+        if value is None:
+            continue
+        epoch = row.get("epoch")
+        xs.append(float(index + 1 if epoch is None else epoch))
+        ys.append(float(value))
+    return xs, ys
+
+
+def plot_history(
+    history: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    metrics: Sequence[str],
+) -> None:
+    """Plot losses (left axis) and dev metrics (right axis) per epoch and write to ``path``.
+
+    ``history`` rows are dicts such as ``{"epoch": 1, "train_loss": 0.9, "dev_loss": 0.8,
+    "dev_macro_f1": 0.6}``; ``train_loss`` and ``dev_loss`` go on the left axis and each key
+    in ``metrics`` on the right. Missing keys and None values are skipped; a row without
+    ``epoch`` is placed at its 1-based position. The file is written atomically.
+
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "history.png")
+    >>> rows = [{"epoch": 1, "train_loss": 0.9, "dev_loss": 0.8, "dev_macro_f1": 0.6},
+    ...         {"epoch": 2, "train_loss": 0.5, "dev_loss": 0.6, "dev_macro_f1": 0.7}]
+    >>> plot_history(rows, out, ["dev_macro_f1"])
+    >>> os.path.getsize(out) > 0
+    True
+    """
+    fig = Figure(figsize=(8.0, 4.8))
+    ax_loss = fig.subplots()
+    ax_loss.set_xlabel("エポック / epoch", fontproperties=_font(11))
+    ax_loss.set_ylabel("損失 / loss", fontproperties=_font(11))
+    ax_loss.grid(True, alpha=0.3)
+
+    handles = []
+    all_x: list[float] = []
+    for key, colour in (("train_loss", "C0"), ("dev_loss", "C1")):
+        xs, ys = _series(history, key)
+        if xs:
+            (line,) = ax_loss.plot(xs, ys, marker="o", color=colour, label=key)
+            handles.append(line)
+            all_x.extend(xs)
+
+    if metrics:
+        ax_metric = ax_loss.twinx()
+        ax_metric.set_ylabel("指標 / metric", fontproperties=_font(11))
+        for k, key in enumerate(metrics):
+            xs, ys = _series(history, key)
+            if xs:
+                (line,) = ax_metric.plot(
+                    xs, ys, marker="s", linestyle="--", color=f"C{k + 2}", label=key
+                )
+                handles.append(line)
+                all_x.extend(xs)
+
+    if all_x and all(math.isfinite(x) and x == int(x) for x in all_x):
+        ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if handles:
+        # Below the plot: inside it, the right-axis lines would be drawn over the legend.
+        ax_loss.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.14),
+            ncols=min(len(handles), 4),
+            frameon=False,
+            prop=_font(9),
+        )
+    else:
+        ax_loss.text(
+            0.5,
+            0.5,
+            "データなし / no data",
+            ha="center",
+            va="center",
+            transform=ax_loss.transAxes,
+            fontproperties=_font(11),
+        )
+
+    _save_atomic(fig, path)

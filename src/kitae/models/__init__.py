@@ -1,0 +1,1 @@
+"""Models: sources (hub, folder, GGUF), loading, pooling, adapters, precision, saving."""

@@ -1,0 +1,52 @@
+"""Adapters: LoRA / DoRA / QLoRA through PEFT, or full fine-tuning.
+
+The classification head — and any module the checkpoint did not have (e.g. a BERT pooler that
+was never pretrained) — is trained in full and saved with the adapter (`modules_to_save`): the
+classic PEFT pitfall is a head that is trained but lost on reload.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from kitae.config import AdapterConfig
+
+
+def apply_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, head_name: str,
+                  new_modules: list[str], gradient_checkpointing: bool = False) -> nn.Module:
+    """Return the module to train: a PeftModel for lora/qlora, the model itself for full."""
+    if gradient_checkpointing:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf_model.config.use_cache = False
+    if adapter.type == "full":
+        for parameter in hf_model.parameters():
+            parameter.requires_grad_(True)
+        return hf_model
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    if adapter.type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        hf_model = prepare_model_for_kbit_training(hf_model, use_gradient_checkpointing=gradient_checkpointing)
+    fresh = sorted(set(new_modules) - {head_name})
+    lora_config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        use_dora=adapter.dora,
+        modules_to_save=[head_name, *fresh],
+        # Freshly initialised modules are trained in full; LoRA on a random frozen matrix is useless.
+        exclude_modules=fresh or None,
+    )
+    return get_peft_model(hf_model, lora_config)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

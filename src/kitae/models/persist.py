@@ -1,0 +1,68 @@
+"""Save a trained classifier as a Hugging Face model folder, and load it back exactly.
+
+LoRA runs save the PEFT adapter (`adapter_model.safetensors`, which also holds the trained head
+and any freshly initialised module via `modules_to_save`) plus the classifier `config.json`
+(id2label); full fine-tuning saves the whole `*ForSequenceClassification` model. The tokenizer
+sits beside the weights, and `kitae_model.json` records what transformers' files do not: the
+base model source, pooling, and max_length.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoModelForSequenceClassification
+
+from kitae.config import AdapterConfig, ModelConfig
+from kitae.models.classifier import SequenceClassifier
+from kitae.models.loading import is_encoder_config, load_for_classification, load_tokenizer
+from kitae.models.precision import PrecisionPlan, plan_precision, probe_caps
+from kitae.models.sources import ModelSource
+from kitae.runs import read_json, write_json
+
+META_FILE = "kitae_model.json"
+
+
+def save_classifier(classifier: SequenceClassifier, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if classifier.model is classifier.hf_model:  # full fine-tuning
+        classifier.hf_model.save_pretrained(folder, safe_serialization=True)
+    else:
+        classifier.model.save_pretrained(folder, safe_serialization=True)
+        classifier.hf_model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_json(folder / META_FILE, meta)
+
+
+def load_classifier(folder: Path, device: str = "auto") -> tuple[SequenceClassifier, Any, dict[str, Any], PrecisionPlan]:
+    """(classifier in eval mode, tokenizer, meta, precision plan) from a saved model folder."""
+    folder = Path(folder)
+    meta = read_json(folder / META_FILE)
+    model_config = ModelConfig.model_validate(meta["model"])
+    adapter = AdapterConfig.model_validate(meta["adapter"])
+    caps = probe_caps(device)
+    # A QLoRA adapter also runs on a plain (non-4-bit) base, e.g. on a CPU.
+    adapter_type = adapter.type if adapter.type != "qlora" or caps.bitsandbytes_installed else "lora"
+    plan = plan_precision(caps, model_config.dtype, model_config.attn_implementation, adapter_type)
+    local = ModelSource(str(folder))
+    tokenizer = load_tokenizer(local, model_config)
+    id2label = {i: label for i, label in enumerate(meta["labels"])}
+    if adapter.type == "full":
+        hf_model = AutoModelForSequenceClassification.from_pretrained(
+            folder, dtype=plan.weights_dtype, attn_implementation=plan.attn_implementation,
+            trust_remote_code=model_config.trust_remote_code,
+        ).to(plan.device)
+        model = hf_model
+    else:
+        from peft import PeftModel
+
+        base = ModelSource(meta["base_model"]["path"], meta["base_model"].get("gguf_file"),
+                           meta["base_model"].get("revision"))
+        loaded = load_for_classification(base, model_config, plan, id2label, tokenizer.pad_token_id)
+        hf_model = loaded.model
+        model = PeftModel.from_pretrained(hf_model, folder)
+    classifier = SequenceClassifier(model, hf_model, meta["pooling"], not is_encoder_config(hf_model.config))
+    classifier.eval()
+    return classifier, tokenizer, meta, plan

@@ -1,0 +1,125 @@
+"""Device, dtype and attention kernel, chosen from what the hardware can do — never by guessing.
+
+The choice is a pure function of `DeviceCaps`, so the GPU paths (bf16, fp16, flash attention,
+4-bit QLoRA) are tested on CPU by handing it the capabilities of a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from kitae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    device: str  # "cpu", "cuda", "cuda:1", "mps"
+    bf16: bool = False
+    fp16: bool = False
+    flash_attn_installed: bool = False
+    bitsandbytes_installed: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.device.split(":")[0]
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How a run computes: weights dtype, autocast dtype (None = off), attention kernel."""
+
+    device: str
+    weights_dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+    attn_implementation: str
+    load_in_4bit: bool = False
+
+    def describe(self) -> str:
+        amp = f", autocast {str(self.autocast_dtype).removeprefix('torch.')}" if self.autocast_dtype else ""
+        quant = ", 4-bit base" if self.load_in_4bit else ""
+        return (f"{self.device}, weights {str(self.weights_dtype).removeprefix('torch.')}{amp}, "
+                f"attention {self.attn_implementation}{quant}")
+
+
+def probe_caps(requested_device: str = "auto") -> DeviceCaps:
+    """The capabilities of the requested device on this machine."""
+    if requested_device == "auto":
+        if torch.cuda.is_available():
+            requested_device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            requested_device = "mps"
+        else:
+            requested_device = "cpu"
+    kind = requested_device.split(":")[0]
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"training.device: '{requested_device}' requested but no CUDA GPU is available")
+        return DeviceCaps(
+            requested_device,
+            bf16=torch.cuda.is_bf16_supported(),
+            fp16=True,
+            flash_attn_installed=importlib.util.find_spec("flash_attn") is not None,
+            bitsandbytes_installed=importlib.util.find_spec("bitsandbytes") is not None,
+        )
+    if kind == "mps":
+        return DeviceCaps(requested_device, fp16=True)
+    if kind != "cpu":
+        raise ConfigError(f"training.device: unknown device '{requested_device}' (auto, cpu, cuda, cuda:N, mps)")
+    return DeviceCaps("cpu")
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
+                   adapter_type: str = "lora") -> PrecisionPlan:
+    """Pick weights/autocast dtypes and the attention kernel for a device.
+
+    - CPU: float32 (bf16 matmuls are emulated on most CPUs and far slower).
+    - GPU with bf16 (Ampere+): LoRA keeps frozen base weights in bf16; full fine-tuning keeps
+      float32 master weights and autocasts to bf16 (pure-bf16 AdamW updates lose precision).
+    - Older GPU: float32 weights with fp16 autocast (and a grad scaler in the loop).
+    - flash_attention_2 only when installed and computing in 16 bits; else PyTorch SDPA.
+
+    >>> plan_precision(DeviceCaps("cpu")).weights_dtype
+    torch.float32
+    >>> plan_precision(DeviceCaps("cuda", bf16=True, fp16=True)).autocast_dtype
+    torch.bfloat16
+    """
+    load_in_4bit = adapter_type == "qlora"
+    if load_in_4bit and (caps.kind != "cuda" or not caps.bitsandbytes_installed):
+        raise ConfigError(
+            "adapter.type: qlora needs a CUDA GPU and bitsandbytes (pip install 'kitae[gpu]'); "
+            f"this machine has {caps.device}{'' if caps.kind != 'cuda' else ' without bitsandbytes'}. "
+            "Use adapter.type: lora here."
+        )
+    if dtype == "auto":
+        if caps.kind == "cuda" and caps.bf16:
+            compute = torch.bfloat16
+        elif caps.kind in ("cuda", "mps") and caps.fp16:
+            compute = torch.float16
+        else:
+            compute = torch.float32
+    else:
+        compute = _DTYPES[dtype]
+        if caps.kind == "cpu" and compute != torch.float32:
+            # Allowed (the user asked), but slow on CPUs without native bf16.
+            pass
+    if compute == torch.float32:
+        weights, autocast = torch.float32, None
+    elif compute == torch.float16 or adapter_type == "full":
+        # fp16 weights overflow in training; full fine-tuning wants fp32 master weights.
+        weights, autocast = torch.float32, compute
+    else:
+        weights, autocast = compute, compute
+    if caps.kind == "cpu":
+        autocast = None if compute == torch.float32 else compute
+    if attn == "auto":
+        attn = "flash_attention_2" if (caps.kind == "cuda" and caps.flash_attn_installed
+                                       and compute in (torch.bfloat16, torch.float16)) else "sdpa"
+    elif attn == "flash_attention_2" and not caps.flash_attn_installed:
+        raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn package and a GPU")
+    return PrecisionPlan(caps.device, weights, autocast, attn, load_in_4bit)

@@ -1,0 +1,67 @@
+"""What a problem type supplies to the shared pipeline.
+
+A task turns rows into targets, targets into a loss, logits into predictions and metrics, and
+writes its own reports. Everything else — reading data, loading models, the training loop, the
+run directory — is shared. Adding a problem type is one new module registering a `Task`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kitae.config import RunConfig
+from kitae.data.readers import Row
+
+
+class Task(ABC):
+    name: str
+
+    def __init__(self, config: RunConfig, labels: list[str]) -> None:
+        self.config = config
+        self.labels = labels
+
+    # --- labels ---------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
+        """The output names, in order, from the training rows (or the config)."""
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def encode_target(self, row: Row) -> Any:
+        """The target of one row; a clear error (file, line, field) when it is invalid."""
+
+    def stratify_key(self, target: Any) -> Hashable:
+        return target
+
+    # --- training -------------------------------------------------------------------------
+    @abstractmethod
+    def collate_targets(self, targets: Sequence[Any]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    # --- evaluation -----------------------------------------------------------------------
+    @abstractmethod
+    def probabilities(self, logits: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def metrics(self, targets: Sequence[Any], logits: np.ndarray) -> dict[str, Any]:
+        """Flat scalar metrics (plus nested detail such as per_class) for one split."""
+
+    @abstractmethod
+    def prediction_records(self, ids: Sequence[str], logits: np.ndarray,
+                           targets: Sequence[Any] | None) -> list[dict[str, Any]]: ...
+
+    def write_reports(self, run_dir: Path, split: str, targets: Sequence[Any], logits: np.ndarray) -> None:
+        """Task-specific files for one evaluated split (plots, reports). Optional."""
+        return None

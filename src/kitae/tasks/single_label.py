@@ -1,0 +1,116 @@
+"""single_label: one class per text (topic, sentiment, toxic / non-toxic...).
+
+Softmax over classes, cross-entropy loss; metrics: accuracy, macro / micro / weighted P/R/F1,
+per-class report, ROC-AUC (binary, or one-vs-rest macro), log loss, confusion matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kitae.config import RunConfig
+from kitae.data.readers import Row
+from kitae.errors import DataError
+from kitae.metrics import classification_report_rows, single_label_metrics
+from kitae.metrics.plots import plot_confusion_matrix
+from kitae.runs import write_csv
+from kitae.tasks.base import Task
+
+
+def _label_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1.0 from a parquet/CSV float column is the label "1"
+    text = str(value).strip()
+    return text or None
+
+
+class SingleLabelTask(Task):
+    name = "single_label"
+
+    @classmethod
+    def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
+        field = config.data.label_field
+        seen: set[str] = set()
+        for row in rows:
+            if field not in row.values:
+                raise row.error("missing label column", field)
+            label = _label_text(row.values[field])
+            if label is None:
+                raise row.error("empty label", field)
+            seen.add(label)
+        if config.data.labels is not None:
+            extra = sorted(seen - set(config.data.labels))
+            if extra:
+                raise DataError(f"labels {extra} are not in data.labels {config.data.labels}",
+                                path=rows[0].path, field=field)
+            labels = list(config.data.labels)
+        else:
+            labels = sorted(seen)
+        if len(labels) < 2:
+            raise DataError(f"single_label needs at least 2 classes; train has only {labels}",
+                            path=rows[0].path, field=field)
+        return labels
+
+    def __init__(self, config: RunConfig, labels: list[str]) -> None:
+        super().__init__(config, labels)
+        self.label_to_index = {label: index for index, label in enumerate(labels)}
+
+    def encode_target(self, row: Row) -> int:
+        field = self.config.data.label_field
+        if field not in row.values:
+            raise row.error("missing label column", field)
+        label = _label_text(row.values[field])
+        if label is None:
+            raise row.error("empty label", field)
+        if label not in self.label_to_index:
+            raise row.error(f"label '{label}' was not seen in train (train labels: {', '.join(self.labels)})", field)
+        return self.label_to_index[label]
+
+    def collate_targets(self, targets: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(list(targets), dtype=torch.long)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.config.training.label_smoothing)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
+
+    def metrics(self, targets: Sequence[int], logits: np.ndarray) -> dict[str, Any]:
+        metrics = single_label_metrics(np.asarray(targets), self.probabilities(logits), self.labels)
+        metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits).double(),
+                                                torch.as_tensor(np.asarray(targets))).item())
+        return metrics
+
+    def prediction_records(self, ids: Sequence[str], logits: np.ndarray,
+                           targets: Sequence[int] | None) -> list[dict[str, Any]]:
+        probs = self.probabilities(logits)
+        records = []
+        for i, example_id in enumerate(ids):
+            record: dict[str, Any] = {"id": example_id}
+            if targets is not None:
+                record["gold"] = self.labels[targets[i]]
+            record["predicted"] = self.labels[int(probs[i].argmax())]
+            record["probabilities"] = {label: round(float(p), 6) for label, p in zip(self.labels, probs[i])}
+            records.append(record)
+        return records
+
+    def write_reports(self, run_dir: Path, split: str, targets: Sequence[int], logits: np.ndarray) -> None:
+        y_true = np.asarray(targets)
+        y_pred = logits.argmax(axis=-1)
+        metrics = single_label_metrics(y_true, self.probabilities(logits), self.labels)
+        matrix = np.asarray(metrics["confusion_matrix"])
+        write_csv(run_dir / f"confusion_matrix_{split}.csv",
+                  [{"gold \\ predicted": label, **dict(zip(self.labels, map(int, row)))}
+                   for label, row in zip(self.labels, matrix)])
+        plot_confusion_matrix(matrix, self.labels, run_dir / f"confusion_matrix_{split}.png",
+                              title=f"{split}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+        write_csv(run_dir / f"classification_report_{split}.csv",
+                  classification_report_rows(y_true, y_pred, self.labels))

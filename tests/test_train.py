@@ -1,0 +1,136 @@
+"""End to end on tiny models: learning, save -> load -> identical logits, resume == uninterrupted,
+predict / evaluate from the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from conftest import tiny_config
+from typer.testing import CliRunner
+
+import kitae
+from kitae.cli import app
+from kitae.config import config_from_dict
+from kitae.training.callbacks import Callback
+from kitae.training.loop import TrainingInterrupted
+
+
+def _train(cfg: dict, **kwargs):
+    return kitae.train(config_from_dict(cfg), progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("arch,adapter", [("llama_left", "lora"), ("gpt_neox", "lora"),
+                                          ("gemma3", "lora"), ("bert", "full")])
+def test_tiny_model_learns_separable_data(tiny_models, separable_data, tmp_path, arch, adapter):
+    cfg = tiny_config(tiny_models[arch], separable_data, tmp_path / "run",
+                      adapter={"type": adapter}, training={"lr": 1e-2 if adapter == "lora" else 5e-3})
+    result = _train(cfg)
+    test = result.metrics["test"]
+    # 3 balanced classes: chance is 1/3.
+    assert test["accuracy"] >= 0.9, test
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3
+    first, last = (dict(zip(history[0].split(","), row.split(","))) for row in (history[1], history[-1]))
+    assert float(last["train_loss"]) < float(first["train_loss"])
+
+
+def test_run_directory_and_reload_gives_identical_logits(tiny_models, separable_data, tmp_path):
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run", training={"epochs": 2})
+    result = _train(cfg)
+    run = result.run_dir
+    for name in ["config.yaml", "metrics.json", "history.csv", "history.png", "labels.json", "train.log",
+                 "predictions_dev.jsonl", "predictions_test.jsonl", "confusion_matrix_test.png",
+                 "confusion_matrix_test.csv", "classification_report_test.csv", "run.json",
+                 "model/adapter_model.safetensors", "model/adapter_config.json", "model/config.json",
+                 "model/tokenizer.json", "model/kitae_model.json"]:
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoints").exists()
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == result.metrics["test"]["accuracy"]
+    # The head is saved with the adapter (not lost on reload).
+    from safetensors import safe_open
+
+    with safe_open(run / "model" / "adapter_model.safetensors", "pt") as f:
+        assert any("score" in key for key in f.keys())
+    prediction = json.loads((run / "predictions_test.jsonl").read_text().splitlines()[0])
+    assert set(prediction) == {"id", "gold", "predicted", "probabilities"}
+
+    clf = kitae.load(run, batch_size=cfg["training"]["batch_size"] * 2)
+    texts = [json.loads(line)["text"] for line in separable_data["test"].read_text().splitlines()]
+    np.testing.assert_array_equal(clf.logits(texts), result.logits["test"])
+    predictions = clf.predict(texts[:3])
+    assert all(p.label in clf.labels and abs(sum(p.probabilities.values()) - 1) < 1e-6 for p in predictions)
+
+
+class InterruptAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, step: dict) -> None:
+        if step["global_step"] == self.step and step["batch"] % 2 == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_resume_after_interrupt_gives_same_metrics(tiny_models, separable_data, tmp_path, grad_accum):
+    sections = {"training": {"epochs": 3, "grad_accum": grad_accum}}
+    full = _train(tiny_config(tiny_models["gemma3"], separable_data, tmp_path / "full", **sections))
+
+    cfg = tiny_config(tiny_models["gemma3"], separable_data, tmp_path / "resumed", **sections)
+    with pytest.raises(TrainingInterrupted):
+        _train(cfg, callbacks=[InterruptAt(step=20 // grad_accum)])  # mid-epoch 2 (15 batches/epoch)
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["status"] == "interrupted"
+    with pytest.raises(kitae.api.RunDirError, match="--resume"):
+        _train(cfg)
+    resumed = _train(cfg, resume=True)
+    for split in ("dev", "test"):
+        assert resumed.metrics[split]["log_loss"] == pytest.approx(full.metrics[split]["log_loss"], rel=1e-5)
+        assert resumed.metrics[split]["macro_f1"] == full.metrics[split]["macro_f1"]
+    np.testing.assert_allclose(resumed.logits["test"], full.logits["test"], rtol=1e-4, atol=1e-5)
+    full_history = (tmp_path / "full" / "history.csv").read_text().splitlines()
+    resumed_history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert len(resumed_history) == len(full_history)
+
+
+def test_early_stopping_and_no_dev_split(tiny_models, separable_data, tmp_path):
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run",
+                      data={"dev": None, "split": {"dev": 0.2, "seed": 1}},
+                      training={"epochs": 6, "early_stopping_patience": 1, "lr": 5e-2})
+    result = _train(cfg)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["dev"]["n"] == 24  # 20% of 120, stratified
+    assert metrics["summary"]["epochs_run"] <= 6
+
+
+def test_cli_train_predict_evaluate(tiny_models, separable_data, tmp_path):
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run", training={"epochs": 2})
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(config_path), "--set", "training.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert "macro_f1" in result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]["epochs"] == 1
+
+    again = runner.invoke(app, ["train", str(config_path)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+    out = tmp_path / "pred.csv"
+    result = runner.invoke(app, ["predict", str(tmp_path / "run"), str(separable_data["test"]), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    header = out.read_text(encoding="utf-8").splitlines()[0]
+    assert header.startswith("id,gold,predicted,p_")
+    out_jsonl = tmp_path / "pred.jsonl"
+    result = runner.invoke(app, ["predict", str(tmp_path / "run"), str(separable_data["test"]), "-o", str(out_jsonl)])
+    assert result.exit_code == 0 and len(out_jsonl.read_text().splitlines()) == 45
+
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(separable_data["test"])])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "run" / "eval-test" / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    assert evaluated["accuracy"] == saved["accuracy"]
+    assert evaluated["macro_f1"] == saved["macro_f1"]
