@@ -81,3 +81,12 @@ def test_encoder_cls_pooling_is_the_models_own_forward(tiny_models):
         ours = SequenceClassifier(model, model, "cls", is_decoder=False)(**batch)
         theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(ours, theirs)
+
+
+def test_auto_pooling_choice():
+    from kitae.api import resolve_pooling
+
+    assert resolve_pooling("auto", True, ["score"]) == "last"
+    assert resolve_pooling("auto", False, ["classifier"]) == "cls"  # pretrained pooler: use it
+    assert resolve_pooling("auto", False, ["bert.pooler.dense", "classifier"]) == "mean"
+    assert resolve_pooling("cls", False, ["bert.pooler.dense"]) == "cls"

@@ -73,13 +73,16 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
     """Train, select on dev, evaluate on test, and write the run directory."""
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
+    # Read and check all data before touching the run directory: bad input must not cost the
+    # user a previous run (--overwrite) or leave a half-made one.
+    task, examples = prepare_data(config)
     run_dir = _prepare_run_dir(config, overwrite=overwrite, resume=resume)
     detach_log = attach_run_log(run_dir / "train.log")
     started = time.time()
     update_run_info(run_dir, status="running", kitae_version=__version__, torch_version=torch.__version__,
                     task=config.task, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     try:
-        result = _train(config, run_dir, resume, callbacks, progress)
+        result = _train(config, task, examples, run_dir, resume, callbacks, progress)
     except KeyboardInterrupt:
         update_run_info(run_dir, status="interrupted")
         raise
@@ -94,19 +97,26 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
     return result
 
 
-def _train(config: RunConfig, run_dir: Path, resume: bool, callbacks: list[Callback] | None,
-           progress: bool | None) -> TrainResult:
-    training = config.training
-    torch.manual_seed(training.seed)  # head and adapter initialisation
-
-    # 1. Data: rows -> label space -> examples -> splits.
+def prepare_data(config: RunConfig) -> tuple[Task, dict[str, list[Example]]]:
+    """Rows -> label space -> examples -> splits; every input error surfaces here."""
     task_class = get_task_class(config.task)
     train_rows = read_rows(config.data.train)
-    labels = task_class.fit_labels(train_rows, config)
-    task = task_class(config, labels)
-    train_examples, dev_examples, test_examples = _load_splits(config, task, train_rows)
-    logger.info("data: train %d, dev %d, test %d examples; %d labels: %s", len(train_examples),
-                len(dev_examples or ()), len(test_examples or ()), len(labels), ", ".join(labels))
+    task = task_class(config, task_class.fit_labels(train_rows, config))
+    train, dev, test = _load_splits(config, task, train_rows)
+    examples = {name: split for name, split in (("train", train), ("dev", dev), ("test", test)) if split}
+    return task, examples
+
+
+def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], run_dir: Path, resume: bool,
+           callbacks: list[Callback] | None, progress: bool | None) -> TrainResult:
+    training = config.training
+    torch.manual_seed(training.seed)  # head and adapter initialisation
+    labels = task.labels
+
+    # 1. Data (read and checked before the run directory was touched).
+    logger.info("data: %s examples; %d labels: %s",
+                ", ".join(f"{name} {len(split)}" for name, split in examples.items()), len(labels),
+                ", ".join(labels))
 
     # 2. Model: backbone -> adapter -> classifier with padding-safe pooling.
     plan = plan_precision(probe_caps(training.device), config.model.dtype,
@@ -116,9 +126,7 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     tokenizer = load_tokenizer(source, config.model)
     id2label = dict(enumerate(labels))
     loaded = load_for_classification(source, config.model, plan, id2label, tokenizer.pad_token_id)
-    pooling = config.model.pooling
-    if pooling == "auto":
-        pooling = "last" if loaded.is_decoder else "cls"
+    pooling = resolve_pooling(config.model.pooling, loaded.is_decoder, loaded.new_modules)
     head_name = SequenceClassifier(loaded.model, loaded.model, pooling, loaded.is_decoder).head_name
     model = apply_adapter(loaded.model, config.adapter, head_name, loaded.new_modules,
                           training.gradient_checkpointing)
@@ -129,15 +137,13 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, callbacks: list[Callb
                 config.adapter.type, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
 
     # 3. Tokenise once.
-    splits = {name: _encode(name, examples, tokenizer, config.model.max_length)
-              for name, examples in (("train", train_examples), ("dev", dev_examples), ("test", test_examples))
-              if examples}
+    splits = {name: _encode(name, split, tokenizer, config.model.max_length) for name, split in examples.items()}
     batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
 
     # 4. Train, selecting the best epoch on dev.
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     watchers: list[Callback] = [ProgressBar(disable=None if progress is None else not progress),
-                                EpochLogger(), HistoryWriter(run_dir, training.select_metric)]
+                                EpochLogger(training.select_metric), HistoryWriter(run_dir, training.select_metric)]
     loop = fit(classifier, task, splits["train"], splits.get("dev"), training, plan, batching,
                checkpoint_dir, [*watchers, *(callbacks or [])], resume=resume)
 
@@ -173,6 +179,18 @@ def _train(config: RunConfig, run_dir: Path, resume: bool, callbacks: list[Callb
     return TrainResult(run_dir, metrics, loop.best_epoch, all_logits)
 
 
+def resolve_pooling(requested: str, is_decoder: bool, new_modules: list[str]) -> str:
+    """auto: the last real token for decoders; for encoders the model's own CLS pooler when it
+    was pretrained, else the mean of real tokens (e5-style encoders ship no pooler, and a random
+    pooler in front of the head trains worse: 0.94 vs 1.00 test accuracy on the quickstart data)."""
+    if requested != "auto":
+        return requested
+    if is_decoder:
+        return "last"
+    fresh_pooler = any("pooler" in name.split(".") for name in new_modules)
+    return "mean" if fresh_pooler else "cls"
+
+
 def _prepare_run_dir(config: RunConfig, *, overwrite: bool, resume: bool) -> Path:
     run_dir = Path(config.output)
     status = run_status(run_dir)
@@ -203,6 +221,12 @@ def _prepare_run_dir(config: RunConfig, *, overwrite: bool, resume: bool) -> Pat
 def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[Example], list[Example] | None,
                                                                              list[Example] | None]:
     data = config.data
+    if data.split_file is not None:
+        train_rows, dev_rows, test_rows = _rows_by_split_file(train_rows, data.split_file, data.id_field)
+        train = build_examples(train_rows, data, task.encode_target, "train")
+        dev = build_examples(dev_rows, data, task.encode_target, "dev") if dev_rows else None
+        test = build_examples(test_rows, data, task.encode_target, "test") if test_rows else None
+        return _subsets(config, task, train, dev, test)
     train = build_examples(train_rows, data, task.encode_target, "train")
     dev = build_examples(read_rows(data.dev), data, task.encode_target, "dev") if data.dev else None
     test = build_examples(read_rows(data.test), data, task.encode_target, "test") if data.test else None
@@ -218,6 +242,36 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
         train, dev_part, test_part = stratified_split(train, keys, fractions, split.seed, split.stratify)
         dev = dev if dev is not None else (dev_part or None)
         test = test if test is not None else (test_part or None)
+    return _subsets(config, task, train, dev, test)
+
+
+def _rows_by_split_file(rows: list, split_file: Path, id_field: str) -> tuple[list, list, list]:
+    import json
+
+    try:
+        ids = json.loads(Path(split_file).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not valid JSON: {exc.msg}", path=split_file, line=exc.lineno) from None
+    if not isinstance(ids, dict) or not isinstance(ids.get("train"), list):
+        raise DataError("expected an object with a list of ids under 'train' (and 'dev', 'test')", path=split_file)
+    by_id = {}
+    for row in rows:
+        if id_field not in row.values:
+            raise row.error("missing id column (data.split_file selects rows by id)", id_field)
+        by_id[str(row.values[id_field])] = row
+    parts = []
+    for name in ("train", "dev", "test"):
+        unknown = [i for i in ids.get(name, []) if str(i) not in by_id]
+        if unknown:
+            raise DataError(f"{len(unknown)} ids of '{name}' are not in {rows[0].path} "
+                            f"(first: {unknown[0]!r})", path=split_file, field=name)
+        parts.append([by_id[str(i)] for i in ids.get(name, [])])
+    return parts[0], parts[1], parts[2]
+
+
+def _subsets(config: RunConfig, task: Task, train: list[Example], dev: list[Example] | None,
+             test: list[Example] | None) -> tuple[list[Example], list[Example] | None, list[Example] | None]:
+    data = config.data
     seed = config.training.seed
     if data.max_train_examples:
         train = stratified_subset(train, [task.stratify_key(e.target) for e in train], data.max_train_examples, seed)

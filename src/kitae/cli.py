@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kitae.errors import KitaeError
@@ -35,10 +37,10 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except TrainingInterrupted as exc:
-            errors.print(f"[yellow]{exc}[/yellow]")
+            errors.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
             raise typer.Exit(130) from None
         except KitaeError as exc:
-            errors.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True)
+            errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -55,6 +57,7 @@ def _setup_logging(verbose: bool) -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 @app.command()
@@ -132,15 +135,15 @@ def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
     names = ["accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "weighted_f1",
              "roc_auc", "log_loss", "n"]
     table = Table(title="metrics (selected model)")
-    table.add_column("split")
+    table.add_column("metric")
+    for split in metrics:
+        table.add_column(split, justify="right")
     for name in names:
-        table.add_column(name, justify="right")
-    for split, values in metrics.items():
         cells = []
-        for name in names:
+        for values in metrics.values():
             value = values.get(name)
             cells.append("" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))
-        table.add_row(split, *cells)
+        table.add_row(name, *cells)
     console.print(table)
 
 

@@ -45,6 +45,11 @@ class DataConfig(Section):
         description="Split dev/test out of `train` when those files are not given. Default when "
         "no dev file is given: 10% of train, stratified, seed 42.",
     )
+    split_file: Path | None = Field(
+        None,
+        description="A published split: JSON with lists of ids under 'train', 'dev', 'test' "
+        "(other keys ignored), selecting rows of the `train` file by `id_field`.",
+    )
     text_field: str = Field("text", description="Column holding the text (when no template).")
     template: str | None = Field(
         None,
@@ -70,6 +75,12 @@ class DataConfig(Section):
         if value is not None and value.suffix.lower() not in DATA_SUFFIXES:
             raise ValueError(f"unsupported file type '{value.suffix}' (use one of {', '.join(DATA_SUFFIXES)})")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_split(self) -> DataConfig:
+        if self.split_file is not None and (self.split is not None or self.dev is not None or self.test is not None):
+            raise ValueError("split_file selects train/dev/test itself: drop dev, test and split")
+        return self
 
 
 class ModelConfig(Section):
@@ -230,7 +241,7 @@ def config_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), source: st
     _resolve_inputs(config, base_dir)
     missing = [
         f"data.{name}: file not found: {getattr(config.data, name)}"
-        for name in ("train", "dev", "test")
+        for name in ("train", "dev", "test", "split_file")
         if getattr(config.data, name) is not None and not getattr(config.data, name).is_file()
     ]
     if missing:
@@ -239,7 +250,7 @@ def config_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), source: st
 
 
 def _resolve_inputs(config: RunConfig, base_dir: Path) -> None:
-    for name in ("train", "dev", "test"):
+    for name in ("train", "dev", "test", "split_file"):
         value = getattr(config.data, name)
         if value is not None and not value.is_absolute():
             setattr(config.data, name, (base_dir / value).resolve())
@@ -283,7 +294,19 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+# Names users bring from transformers / PEFT / LLaMA-Factory configs.
+KEY_SYNONYMS = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "use_dora": "dora",
+    "learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "model_name_or_path": "name", "max_seq_length": "max_length", "cutoff_len": "max_length",
+    "lr_scheduler_type": "scheduler", "metric_for_best_model": "select_metric",
+}
+
+
 def _did_you_mean(word: str, choices: list[str]) -> str:
+    if KEY_SYNONYMS.get(word) in choices:
+        return f" (did you mean '{KEY_SYNONYMS[word]}'?)"
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

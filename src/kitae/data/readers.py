@@ -62,7 +62,7 @@ def _read_jsonl(path: Path) -> list[Row]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"not valid JSON ({exc.msg} at column {exc.colno})",
+                raise DataError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})",
                                 path=path, line=line_number) from None
             if not isinstance(value, dict):
                 raise DataError(f"expected a JSON object per line, got {type(value).__name__}",

@@ -15,8 +15,9 @@ def stratified_split(items: Sequence[T], keys: Sequence[Hashable], fractions: Se
                      seed: int, stratify: bool = True) -> list[list[T]]:
     """Split `items` into len(fractions)+1 parts: the rest first, then one part per fraction.
 
-    Within each stratum (key) the items are shuffled with `seed` and cut by largest-remainder
-    rounding, so every part keeps the label proportions and sizes add up exactly.
+    Within each stratum (key) the items are shuffled with `seed`; part sizes are round(n * f)
+    overall, shared out over strata by largest remainder, so every part keeps the label
+    proportions and has exactly the size asked for.
 
     >>> rest, dev = stratified_split(list(range(10)), ["a"] * 5 + ["b"] * 5, [0.2], seed=0)
     >>> len(rest), len(dev)
@@ -26,29 +27,30 @@ def stratified_split(items: Sequence[T], keys: Sequence[Hashable], fractions: Se
     groups: dict[Hashable, list[int]] = defaultdict(list)
     for index, key in enumerate(keys if stratify else [0] * len(items)):
         groups[key].append(index)
+    strata = sorted(groups, key=str)
+    sizes = np.array([len(groups[k]) for k in strata])
+    counts = np.zeros((len(strata), len(fractions)), dtype=int)
+    for j, fraction in enumerate(fractions):
+        exact = sizes * fraction
+        counts[:, j] = np.floor(exact).astype(int)
+        remainder = round(len(items) * fraction) - counts[:, j].sum()
+        # Largest fractional parts first; a stratum never gives more than it has.
+        for k in np.argsort(-(exact - counts[:, j]), kind="stable"):
+            if remainder <= 0:
+                break
+            if counts[k].sum() < sizes[k]:
+                counts[k, j] += 1
+                remainder -= 1
     parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
-    for key in sorted(groups, key=str):
+    for k, key in enumerate(strata):
         indices = np.array(groups[key])
         rng.shuffle(indices)
-        counts = _apportion(len(indices), fractions)
         start = 0
-        for part_index, count in enumerate(counts, start=1):
-            parts[part_index].extend(indices[start:start + count].tolist())
-            start += count
+        for j in range(len(fractions)):
+            parts[j + 1].extend(indices[start:start + counts[k, j]].tolist())
+            start += counts[k, j]
         parts[0].extend(indices[start:].tolist())
     return [[items[i] for i in sorted(part)] for part in parts]
-
-
-def _apportion(n: int, fractions: Sequence[float]) -> list[int]:
-    exact = [n * f for f in fractions]
-    counts = [int(x) for x in exact]
-    # Hand the rounding remainder to the largest fractional parts, so small classes still get a
-    # dev example when the total asks for one.
-    remainder = round(sum(exact)) - sum(counts)
-    order = sorted(range(len(exact)), key=lambda i: exact[i] - counts[i], reverse=True)
-    for i in order[:max(0, remainder)]:
-        counts[i] += 1
-    return counts
 
 
 def stratified_subset(items: Sequence[T], keys: Sequence[Hashable], size: int, seed: int) -> list[T]:

@@ -24,7 +24,9 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with running loss, learning rate and throughput."""
+    """A tqdm bar per epoch with running loss, learning rate and throughput. Where stderr is not
+    a terminal (CI, nohup, a log file) it logs the same figures every 10% of the epoch instead;
+    `disable=True` silences both."""
 
     def __init__(self, disable: bool | None = None) -> None:
         self.disable = disable
@@ -35,6 +37,8 @@ class ProgressBar(Callback):
 
         self.bar = tqdm(total=num_batches, initial=batches_done, desc=f"epoch {epoch + 1}",
                         unit="batch", dynamic_ncols=True, disable=self.disable, leave=True)
+        self.log_every = max(1, num_batches // 10) if self.bar.disable and self.disable is None else 0
+        self.epoch, self.num_batches = epoch, num_batches
         self.started = time.perf_counter()
         self.examples = 0
         self.tokens = 0
@@ -49,10 +53,13 @@ class ProgressBar(Callback):
         self.loss_sum += step["loss"]
         self.loss_count += 1
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self.bar.set_postfix(loss=f"{self.loss_sum / self.loss_count:.4f}", lr=f"{step['lr']:.2e}",
-                             ex_s=f"{self.examples / elapsed:.1f}", tok_s=f"{self.tokens / elapsed:.0f}",
-                             refresh=False)
+        figures = {"loss": f"{self.loss_sum / self.loss_count:.4f}", "lr": f"{step['lr']:.2e}",
+                   "ex/s": f"{self.examples / elapsed:.1f}", "tok/s": f"{self.tokens / elapsed:.0f}"}
+        self.bar.set_postfix(figures, refresh=False)
         self.bar.update(1)
+        if self.log_every and (step["batch"] % self.log_every == 0 or step["batch"] == self.num_batches):
+            logger.info("epoch %d: batch %d/%d, %s", self.epoch + 1, step["batch"], self.num_batches,
+                        ", ".join(f"{k} {v}" for k, v in figures.items()))
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         if self.bar is not None:
@@ -71,11 +78,16 @@ def memory_snapshot() -> dict[str, float]:
 class EpochLogger(Callback):
     """One log line per epoch with the dev metrics and memory."""
 
+    def __init__(self, select_metric: str = "macro_f1") -> None:
+        self.select_metric = select_metric
+
     def on_train_begin(self, info: dict[str, Any]) -> None:
-        logger.info("training: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
+        logger.info("training: %s", ", ".join(f"{k}={v}" for k, v in info.items() if k != "history"))
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+        keys = ["train_loss", "dev_loss", f"dev_{self.select_metric}", "dev_accuracy", "seconds", "rss_gib",
+                "cuda_peak_gib"]
+        shown = ", ".join(f"{k} {row[k]:.4g}" for k in dict.fromkeys(keys) if isinstance(row.get(k), float | int))
         logger.info("epoch %s: %s", row.get("epoch"), shown)
 
 

@@ -1,0 +1,54 @@
+"""Device / dtype / attention / QLoRA selection, tested on CPU by handing in GPU capabilities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kitae.errors import ConfigError
+from kitae.models.precision import DeviceCaps, plan_precision, probe_caps
+
+AMPERE = DeviceCaps("cuda", bf16=True, fp16=True, flash_attn_installed=True, bitsandbytes_installed=True)
+TURING = DeviceCaps("cuda", bf16=False, fp16=True)
+CPU = DeviceCaps("cpu")
+
+
+@pytest.mark.parametrize("caps,adapter,weights,autocast,attn", [
+    (CPU, "lora", torch.float32, None, "sdpa"),
+    (CPU, "full", torch.float32, None, "sdpa"),
+    (AMPERE, "lora", torch.bfloat16, torch.bfloat16, "flash_attention_2"),
+    (AMPERE, "full", torch.float32, torch.bfloat16, "flash_attention_2"),  # fp32 master weights
+    (AMPERE, "qlora", torch.bfloat16, torch.bfloat16, "flash_attention_2"),
+    (TURING, "lora", torch.float32, torch.float16, "sdpa"),  # no bf16, no flash-attn installed
+    (DeviceCaps("cuda", bf16=True, fp16=True), "lora", torch.bfloat16, torch.bfloat16, "sdpa"),
+])
+def test_auto_plan(caps, adapter, weights, autocast, attn):
+    plan = plan_precision(caps, "auto", "auto", adapter)
+    assert (plan.weights_dtype, plan.autocast_dtype, plan.attn_implementation) == (weights, autocast, attn)
+    assert plan.load_in_4bit == (adapter == "qlora")
+
+
+def test_explicit_float32_on_gpu_turns_off_flash_attention():
+    plan = plan_precision(AMPERE, "float32", "auto", "lora")
+    assert plan.weights_dtype == torch.float32 and plan.autocast_dtype is None and plan.attn_implementation == "sdpa"
+
+
+def test_qlora_on_cpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="qlora needs a CUDA GPU"):
+        plan_precision(CPU, "auto", "auto", "qlora")
+    with pytest.raises(ConfigError, match="bitsandbytes"):
+        plan_precision(DeviceCaps("cuda", bf16=True), "auto", "auto", "qlora")
+
+
+def test_flash_attention_requested_without_package():
+    with pytest.raises(ConfigError, match="flash-attn"):
+        plan_precision(TURING, "auto", "flash_attention_2", "lora")
+
+
+def test_this_machine():
+    caps = probe_caps("auto")
+    if not torch.cuda.is_available():
+        assert caps.device in ("cpu", "mps")
+        assert plan_precision(caps).weights_dtype == torch.float32
+    with pytest.raises(ConfigError, match="unknown device"):
+        probe_caps("tpu")
