@@ -134,3 +134,41 @@ def test_cli_train_predict_evaluate(tiny_models, separable_data, tmp_path):
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     assert evaluated["accuracy"] == saved["accuracy"]
     assert evaluated["macro_f1"] == saved["macro_f1"]
+
+
+def test_kill_9_then_resume_gives_same_metrics(tiny_models, separable_data, tmp_path):
+    """A hard kill (no chance to save) resumes from the last periodic checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sections = {"training": {"epochs": 6, "checkpoint_every_steps": 4}}
+    full = _train(tiny_config(tiny_models["llama"], separable_data, tmp_path / "full", **sections))
+
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "killed", **sections)
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    command = [sys.executable, "-m", "kitae.cli", "train", str(config_path)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    loop_file = tmp_path / "killed" / "checkpoints" / "last" / "loop.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(loop_file.read_text())["global_step"] >= 24:  # mid-epoch 2
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.02)
+    assert process.poll() is None, "training finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["status"] == "running"
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    saved = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    for split in ("dev", "test"):
+        assert saved[split]["log_loss"] == pytest.approx(full.metrics[split]["log_loss"], rel=1e-5)
+        assert saved[split]["accuracy"] == full.metrics[split]["accuracy"]

@@ -31,7 +31,7 @@ from kitae.data.templates import render_text
 from kitae.errors import ConfigError, DataError, RunDirError
 from kitae.log import attach_run_log
 from kitae.models.adapters import apply_adapter, count_parameters
-from kitae.models.classifier import SequenceClassifier
+from kitae.models.classifier import SequenceClassifier, find_head_name
 from kitae.models.loading import load_for_classification, load_tokenizer
 from kitae.models.persist import load_classifier, save_classifier
 from kitae.models.precision import plan_precision, probe_caps
@@ -127,8 +127,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], ru
     id2label = dict(enumerate(labels))
     loaded = load_for_classification(source, config.model, plan, id2label, tokenizer.pad_token_id)
     pooling = resolve_pooling(config.model.pooling, loaded.is_decoder, loaded.new_modules)
-    head_name = SequenceClassifier(loaded.model, loaded.model, pooling, loaded.is_decoder).head_name
-    model = apply_adapter(loaded.model, config.adapter, head_name, loaded.new_modules,
+    model = apply_adapter(loaded.model, config.adapter, find_head_name(loaded.model), loaded.new_modules,
                           training.gradient_checkpointing)
     classifier = SequenceClassifier(model, loaded.model, pooling, loaded.is_decoder)
     trainable, total = count_parameters(classifier)
@@ -362,7 +361,15 @@ class Classifier:
     def predict_file(self, path: str | Path, output: str | Path) -> int:
         """Predict every row of a data file; write JSONL or CSV (by suffix) with id, predicted,
         probabilities (and gold when the file has labels). Returns the number of rows."""
-        examples, has_labels = self._read(Path(path), require_labels=False)
+        try:
+            examples, has_labels = self._read(Path(path), require_labels=False)
+        except DataError as exc:
+            if self.config is None or exc.field != self.config.data.label_field:
+                raise
+            # A gold column with labels the model does not know is no reason not to predict.
+            logger.warning("ignoring the label column for predict: %s", exc)
+            examples = build_examples(read_rows(path), self.config.data, lambda row: None, Path(path).stem)
+            has_labels = False
         logits = self.logits([e.text for e in examples], progress=True)
         records = self.task.prediction_records([e.id for e in examples], logits,
                                                [e.target for e in examples] if has_labels else None)

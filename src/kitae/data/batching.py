@@ -7,7 +7,7 @@ length grouping (texts of similar length together) removes most of the padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,32 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+@dataclass
+class TrainBatches:
+    """The batches of every training epoch, a pure function of (seed, epoch).
+
+    `resample(epoch, rng)` may return the example indices an epoch uses (with repeats for
+    up-sampling, a subset for down-sampling); it is redrawn every epoch from the same seed, so
+    multi-epoch training sees fresh samples and a resumed run replays the same ones.
+    """
+
+    lengths: np.ndarray
+    batch_size: int
+    seed: int
+    group_by_length: bool = True
+    resample: Callable[[int, np.random.Generator], np.ndarray] | None = None
+
+    def epoch(self, epoch: int) -> list[np.ndarray]:
+        if self.resample is None:
+            return epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.group_by_length)
+        pool = np.asarray(self.resample(epoch, np.random.default_rng([self.seed, epoch, 1])))
+        batches = epoch_batches(self.lengths[pool], self.batch_size, self.seed, epoch, self.group_by_length)
+        return [pool[b] for b in batches]
+
+    def num_batches(self, epoch: int = 0) -> int:
+        return len(self.epoch(epoch))
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

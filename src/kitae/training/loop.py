@@ -24,7 +24,7 @@ import torch
 from transformers import get_scheduler
 
 from kitae.config import TrainingConfig
-from kitae.data.batching import EncodedSplit, collate, epoch_batches, eval_batches
+from kitae.data.batching import EncodedSplit, TrainBatches, collate, eval_batches
 from kitae.metrics import is_better
 from kitae.models.classifier import SequenceClassifier
 from kitae.models.precision import PrecisionPlan
@@ -60,13 +60,17 @@ class TrainingInterrupted(Exception):
 
 def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: EncodedSplit | None,
         training: TrainingConfig, plan: PrecisionPlan, batching: Batching, checkpoint_dir: Path,
-        callbacks: Sequence[Callback] = (), resume: bool = False) -> LoopState:
+        callbacks: Sequence[Callback] = (), resume: bool = False,
+        sampler: TrainBatches | None = None) -> LoopState:
     """Train `classifier`; return the loop state (history, best epoch). The best weights are in
-    `checkpoint_dir / "best"` when this returns."""
+    `checkpoint_dir / "best"` when this returns. `sampler` defaults to shuffled, length-grouped
+    batches of the whole train split."""
     device = plan.device
+    sampler = sampler or TrainBatches(train.encoded.lengths, training.batch_size, training.seed,
+                                      training.group_by_length)
     trainable = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = _make_optimizer(classifier, training, plan)
-    batches_per_epoch = math.ceil(len(train) / training.batch_size)
+    batches_per_epoch = sampler.num_batches()
     updates_per_epoch = math.ceil(batches_per_epoch / training.grad_accum)
     total_updates = updates_per_epoch * training.epochs
     scheduler = get_scheduler(
@@ -108,8 +112,7 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
         try:
             while loop.epoch < training.epochs and not loop.stopped_early:
                 epoch_started = time.monotonic()
-                batches = epoch_batches(train.encoded.lengths, training.batch_size, training.seed,
-                                        loop.epoch, training.group_by_length)
+                batches = sampler.epoch(loop.epoch)
                 for cb in callbacks:
                     cb.on_epoch_begin(loop.epoch, len(batches), loop.batches_done)
                 classifier.train()
