@@ -83,6 +83,15 @@ def build_tiny_model(arch: str, folder: Path, padding_side: str = "right") -> Pa
                                   sliding_window=8, bos_token_id=tok.bos_token_id,
                                   eos_token_id=tok.eos_token_id, **ids)
         model = Gemma3ForCausalLM(config)
+    elif arch in ("qwen2", "mistral"):
+        from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+        config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                                     "mistral": (MistralConfig, MistralForCausalLM)}[arch]
+        config = config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=256,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **ids)
+        model = model_class(config)
     elif arch == "bert":
         config = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                             max_position_embeddings=256, **ids)
@@ -97,7 +106,8 @@ def build_tiny_model(arch: str, folder: Path, padding_side: str = "right") -> Pa
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
-    models = {arch: build_tiny_model(arch, root / arch) for arch in ("llama", "gpt_neox", "gemma3", "bert")}
+    models = {arch: build_tiny_model(arch, root / arch)
+              for arch in ("llama", "gpt_neox", "gemma3", "qwen2", "mistral", "bert")}
     # Gemma's real tokenizer pads on the left: cover that default too.
     models["llama_left"] = build_tiny_model("llama", root / "llama_left", padding_side="left")
     return models

@@ -33,7 +33,7 @@ def _load(model_dir):
     return model.eval(), AutoTokenizer.from_pretrained(model_dir)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gemma3", "qwen2", "mistral"])
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_last_token_pooling_equals_transformers(tiny_models, arch, side):
     model, tok = _load(tiny_models[arch])
@@ -49,7 +49,7 @@ def test_last_token_pooling_equals_transformers(tiny_models, arch, side):
     torch.testing.assert_close(got, theirs, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gemma3", "qwen2", "mistral"])
 def test_logits_independent_of_padding_side_and_batch(tiny_models, arch):
     model, tok = _load(tiny_models[arch])
     ours = SequenceClassifier(model, model, "last", is_decoder=True)

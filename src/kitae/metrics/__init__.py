@@ -1,8 +1,9 @@
-"""Evaluation metrics and plots for single-label text classification."""
+"""Evaluation metrics and plots for single-label and multi-label text classification."""
 
 from kitae.metrics.classification import (
     METRIC_DIRECTIONS,
     accuracy,
+    binary_roc_auc,
     classification_report_rows,
     confusion_matrix,
     is_better,
@@ -11,7 +12,16 @@ from kitae.metrics.classification import (
     roc_auc,
     single_label_metrics,
 )
-from kitae.metrics.plots import plot_confusion_matrix, plot_history
+from kitae.metrics.multilabel import (
+    binarize,
+    label_cardinality_histogram,
+    label_cooccurrence,
+    multilabel_confusion_matrix,
+    multilabel_metrics,
+    per_category_metrics,
+    tune_thresholds,
+)
+from kitae.metrics.plots import plot_confusion_matrix, plot_history, plot_multilabel_confusion_grid
 
 __all__ = [
     "METRIC_DIRECTIONS",
@@ -25,4 +35,14 @@ __all__ = [
     "precision_recall_f1",
     "roc_auc",
     "single_label_metrics",
+    # Multi-label.
+    "binarize",
+    "binary_roc_auc",
+    "label_cardinality_histogram",
+    "label_cooccurrence",
+    "multilabel_confusion_matrix",
+    "multilabel_metrics",
+    "per_category_metrics",
+    "plot_multilabel_confusion_grid",
+    "tune_thresholds",
 ]

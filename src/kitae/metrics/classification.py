@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike
 __all__ = [
     "METRIC_DIRECTIONS",
     "accuracy",
+    "binary_roc_auc",
     "classification_report_rows",
     "confusion_matrix",
     "is_better",
@@ -45,6 +46,11 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "roc_auc": "max",
     "log_loss": "min",
     "loss": "min",
+    # Multi-label only (kitae.metrics.multilabel).
+    "subset_accuracy": "max",
+    "samples_f1": "max",
+    "macro_roc_auc": "max",
+    "hamming_loss": "min",
 }
 """Whether a larger (``"max"``) or smaller (``"min"``) value of each scalar metric is better."""
 
@@ -201,6 +207,29 @@ def _rank_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     rank_sum_pos = float(avg_rank[inverse.ravel()][positive].sum())
     u = rank_sum_pos - n_pos * (n_pos + 1) / 2.0
     return u / (n_pos * n_neg)
+
+
+def binary_roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve of ``scores`` for the positive class ``y_true == 1``.
+
+    ``y_true`` holds 0/1 (or bool) labels and ``scores`` one score per example, higher meaning
+    more likely positive. Ties are scored 1/2, so the value equals scikit-learn's
+    ``roc_auc_score(y_true, scores)``; ``nan`` when ``y_true`` holds a single class, where
+    scikit-learn warns or raises instead.
+
+    >>> binary_roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.4, 0.8])
+    0.875
+    >>> binary_roc_auc([1, 1], [0.7, 0.4])
+    nan
+    """
+    t = _as_labels(y_true, "y_true")
+    s = np.asarray(scores)
+    if s.dtype.kind not in "biuf":
+        raise TypeError(f"scores must be numeric, got dtype {s.dtype}")
+    if s.shape != t.shape:
+        raise ValueError(f"y_true and scores have different shapes: {t.shape} != {s.shape}")
+    _check_range(t, 2, "y_true")
+    return _rank_auc(t == 1, s)
 
 
 def roc_auc(y_true: ArrayLike, probs: ArrayLike) -> float:

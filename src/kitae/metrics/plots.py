@@ -9,12 +9,11 @@ from the IPAexGothic font bundled with the ``matplotlib-fontja`` package, passed
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
+import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_confusion_matrix", "plot_history"]
+from kitae.metrics.multilabel import multilabel_confusion_matrix
+
+__all__ = ["plot_confusion_matrix", "plot_history", "plot_multilabel_confusion_grid"]
 
 _FONTJA_TTF = ("fonts", "ipaexg.ttf")
 
@@ -51,23 +52,14 @@ def _font(size: float | None = None) -> FontProperties:
 
 
 def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Save ``fig`` to a temporary file next to ``path``, then rename it over ``path``.
+    """Render ``fig`` in memory, then write it atomically (a reader never sees a half-written
+    image, and a crash leaves the previous plot intact)."""
+    from kitae.runs import write_bytes_atomic
 
-    Readers (a dashboard, a file watcher) never see a half-written image, and a crash leaves the
-    previous plot intact.
-    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fmt = target.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=target.suffix.lstrip(".").lower() or "png", dpi=150, bbox_inches="tight")
+    write_bytes_atomic(target, buffer.getvalue())
 
 
 def plot_confusion_matrix(
@@ -218,5 +210,81 @@ def plot_history(
             transform=ax_loss.transAxes,
             fontproperties=_font(11),
         )
+
+    _save_atomic(fig, path)
+
+
+def plot_multilabel_confusion_grid(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    label_names: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str = "",
+) -> None:
+    """Draw one small 2x2 confusion matrix per category in a grid and write it to ``path``.
+
+    ``y_true`` and ``y_pred`` are 0/1 indicator arrays of shape ``(n, k)``. In each panel rows
+    are true no/yes and columns predicted no/yes (:func:`kitae.metrics.multilabel_confusion_
+    matrix`); cells show the count and the row rate, which also sets the cell colour, and the
+    panel title gives the category name and its F1. The file is written atomically and its
+    format follows the suffix of ``path`` (PNG when there is none).
+
+    >>> import numpy as np, tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "grid.png")
+    >>> y_true = np.array([[1, 0], [0, 1], [1, 1]])
+    >>> plot_multilabel_confusion_grid(y_true, np.array([[1, 0], [1, 1], [0, 1]]),
+    ...                                ["猥褻", "差別"], out)
+    >>> os.path.getsize(out) > 0
+    True
+    """
+    cms = multilabel_confusion_matrix(y_true, y_pred)
+    names = list(label_names)
+    k = cms.shape[0]
+    if len(names) != k:
+        raise ValueError(f"got {len(names)} label names for {k} categories")
+    if k == 0:
+        raise ValueError("nothing to plot: y_true has no categories")
+
+    ncols = min(k, 4)
+    nrows = math.ceil(k / ncols)
+    fig = Figure(figsize=(2.7 * ncols + 0.3, 2.7 * nrows + (0.5 if title else 0.2)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    ticks = ["なし / no", "あり / yes"]
+    for j, ax in enumerate(axes.flat):
+        if j >= k:
+            ax.set_axis_off()
+            continue
+        cm = cms[j]
+        row_sums = cm.sum(axis=1, keepdims=True).astype(np.float64)
+        rates = np.divide(
+            cm, row_sums, out=np.zeros(cm.shape, dtype=np.float64), where=row_sums != 0
+        )
+        tp, fp, fn = int(cm[1, 1]), int(cm[0, 1]), int(cm[1, 0])
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"{names[j]}  F1 {f1:.3f}", fontproperties=_font(10))
+        ax.set_xticks(range(2), labels=ticks, fontproperties=_font(8))
+        ax.set_yticks(range(2), labels=ticks, fontproperties=_font(8))
+        # Axis titles only on the outer panels: repeated on every panel they crowd the grid.
+        if j + ncols >= k:
+            ax.set_xlabel("予測 / predicted", fontproperties=_font(9))
+        if j % ncols == 0:
+            ax.set_ylabel("正解 / true", fontproperties=_font(9))
+        for r in range(2):
+            for c in range(2):
+                # White text on dark cells, dark text on light ones.
+                colour = "white" if rates[r, c] > 0.5 else "#222222"
+                ax.text(
+                    c,
+                    r,
+                    f"{int(cm[r, c])}\n({rates[r, c]:.2f})",
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=9,
+                )
+    if title:
+        fig.suptitle(title, fontproperties=_font(12))
+    fig.tight_layout()
 
     _save_atomic(fig, path)
