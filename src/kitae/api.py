@@ -26,7 +26,6 @@ from kitae.config import RunConfig, config_to_dict, dump_yaml, load_config, read
 from kitae.data.batching import EncodedSplit, encode_texts
 from kitae.data.examples import Example, build_examples
 from kitae.data.readers import read_rows
-from kitae.data.splits import stratified_split, stratified_subset
 from kitae.data.templates import render_text
 from kitae.errors import ConfigError, DataError, RunDirError
 from kitae.log import attach_run_log
@@ -146,17 +145,16 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], ru
     loop = fit(classifier, task, splits["train"], splits.get("dev"), training, plan, batching,
                checkpoint_dir, [*watchers, *(callbacks or [])], resume=resume)
 
-    # 5. The selected model: evaluate dev and test once, save everything.
+    # 5. The selected model: fit what is chosen on dev (e.g. thresholds), evaluate dev and test
+    #    once, save everything.
     load_best(checkpoint_dir / "best", classifier)
     metrics: dict[str, dict[str, Any]] = {}
-    all_logits: dict[str, np.ndarray] = {}
     eval_batch = training.eval_batch_size or 2 * training.batch_size
-    for name in ("dev", "test"):
-        split = splits.get(name)
-        if split is None:
-            continue
-        logits = predict_logits(classifier, split, eval_batch, plan, batching)
-        all_logits[name] = logits
+    all_logits = {name: predict_logits(classifier, splits[name], eval_batch, plan, batching)
+                  for name in ("dev", "test") if name in splits}
+    task.fit_after_training(splits["dev"].targets if "dev" in splits else None, all_logits.get("dev"))
+    for name, logits in all_logits.items():
+        split = splits[name]
         metrics[name] = task.metrics(split.targets, logits)
         write_jsonl(run_dir / f"predictions_{name}.jsonl", task.prediction_records(split.ids, logits, split.targets))
         task.write_reports(run_dir, name, split.targets, logits)
@@ -171,7 +169,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], ru
             "model": config.model.model_dump(mode="json"), "adapter": config.adapter.model_dump(mode="json"),
             "data": {"template": config.data.template, "text_field": config.data.text_field,
                      "label_field": config.data.label_field, "id_field": config.data.id_field},
-            "kitae_version": __version__}
+            "task_state": task.state(), "kitae_version": __version__}
     save_classifier(classifier, tokenizer, run_dir / MODEL_DIR, meta)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _log_metrics(metrics)
@@ -237,8 +235,7 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
         logger.info("no dev file: holding out %.0f%% of train as dev (seed %d)", 100 * split.dev, split.seed)
     if split is not None:
         fractions = [split.dev if dev is None else 0.0, split.test if test is None else 0.0]
-        keys = [task.stratify_key(e.target) for e in train]
-        train, dev_part, test_part = stratified_split(train, keys, fractions, split.seed, split.stratify)
+        train, dev_part, test_part = task.split(train, fractions, split.seed, split.stratify)
         dev = dev if dev is not None else (dev_part or None)
         test = test if test is not None else (test_part or None)
     return _subsets(config, task, train, dev, test)
@@ -273,11 +270,18 @@ def _subsets(config: RunConfig, task: Task, train: list[Example], dev: list[Exam
     data = config.data
     seed = config.training.seed
     if data.max_train_examples:
-        train = stratified_subset(train, [task.stratify_key(e.target) for e in train], data.max_train_examples, seed)
+        train = _subset(task, train, data.max_train_examples, seed)
     if data.max_eval_examples:
-        dev = dev and stratified_subset(dev, [task.stratify_key(e.target) for e in dev], data.max_eval_examples, seed)
-        test = test and stratified_subset(test, [task.stratify_key(e.target) for e in test], data.max_eval_examples, seed)
+        dev = dev and _subset(task, dev, data.max_eval_examples, seed)
+        test = test and _subset(task, test, data.max_eval_examples, seed)
     return train, dev, test
+
+
+def _subset(task: Task, examples: list[Example], size: int, seed: int) -> list[Example]:
+    """A stratified subset of exactly `size` examples (all of them when there are fewer)."""
+    if size >= len(examples):
+        return examples
+    return task.split(examples, [size / len(examples)], seed)[1]
 
 
 def _encode(name: str, examples: list[Example], tokenizer: Any, max_length: int) -> EncodedSplit:
@@ -290,8 +294,8 @@ def _encode(name: str, examples: list[Example], tokenizer: Any, max_length: int)
 
 def _log_metrics(metrics: dict[str, dict[str, Any]]) -> None:
     for name, values in metrics.items():
-        logger.info("%s: accuracy %.4f, macro-F1 %.4f", name, values.get("accuracy", float("nan")),
-                    values.get("macro_f1", float("nan")))
+        shown = [k for k in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1") if k in values]
+        logger.info("%s: %s", name, ", ".join(f"{k} {values[k]:.4f}" for k in shown))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +304,7 @@ def _log_metrics(metrics: dict[str, dict[str, Any]]) -> None:
 
 @dataclass
 class Prediction:
-    label: str
+    label: str | list[str]  # single_label: one label; multi_label: the list of predicted categories
     probabilities: dict[str, float]
 
 
@@ -324,6 +328,7 @@ class Classifier:
             if self.config is None:
                 raise RunDirError(f"{self.run_dir}: config.yaml is missing")
             self._task = get_task_class(self.meta["task"])(self.config, self.labels)
+            self._task.load_state(self.meta.get("task_state", {}))
         return self._task
 
     def logits(self, texts: list[str], progress: bool = False) -> np.ndarray:
@@ -338,9 +343,10 @@ class Classifier:
             return []
         if isinstance(texts[0], dict):
             texts = [self._render(row) for row in texts]
-        probs = self.task.probabilities(self.logits(list(texts)))
-        return [Prediction(self.labels[int(p.argmax())], {label: float(v) for label, v in zip(self.labels, p)})
-                for p in probs]
+        logits = self.logits(list(texts))
+        probs = self.task.probabilities(logits)
+        return [Prediction(decision, {label: float(v) for label, v in zip(self.labels, p)})
+                for decision, p in zip(self.task.predicted_labels(logits), probs)]
 
     def _render(self, values: dict[str, Any]) -> str:
         from kitae.data.readers import Row
@@ -351,7 +357,8 @@ class Classifier:
     def _read(self, path: Path, require_labels: bool) -> tuple[list[Example], bool]:
         rows = read_rows(path)
         data = self.config.data if self.config else None
-        has_labels = data is not None and any(data.label_field in row.values for row in rows)
+        label_columns = (data.label_fields or [data.label_field]) if data is not None else []
+        has_labels = bool(label_columns) and any(all(c in row.values for c in label_columns) for row in rows)
         if require_labels and not has_labels:
             raise DataError("no label column: evaluate needs labelled data", path=path,
                             field=data.label_field if data else "label")

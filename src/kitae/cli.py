@@ -132,8 +132,9 @@ def config_schema() -> None:
 
 
 def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
-    names = ["accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "weighted_f1",
-             "roc_auc", "log_loss", "n"]
+    wanted = ["accuracy", "subset_accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1",
+              "weighted_f1", "samples_f1", "hamming_loss", "roc_auc", "macro_roc_auc", "log_loss", "n"]
+    names = [name for name in wanted if any(name in values for values in metrics.values())]
     table = Table(title="metrics (selected model)")
     table.add_column("metric")
     for split in metrics:

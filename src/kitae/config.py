@@ -56,7 +56,15 @@ class DataConfig(Section):
         description='Python format string over any columns, e.g. "タイトル: {title}\\n本文: {body}". '
         "Overrides text_field.",
     )
-    label_field: str = Field("label", description="Column holding the label.")
+    label_field: str = Field(
+        "label",
+        description="Column holding the label (single_label), or a list of labels (multi_label).",
+    )
+    label_fields: list[str] | None = Field(
+        None,
+        description="multi_label: one column per category holding yes/no, true/false or 1/0 "
+        "(instead of a list column in label_field).",
+    )
     id_field: str = Field("id", description="Column holding an example id (optional in the data).")
     labels: list[str] | None = Field(
         None,
@@ -159,12 +167,29 @@ class TrainingConfig(Section):
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")
 
 
+class EvaluationConfig(Section):
+    thresholds: float | Literal["tune"] | dict[str, float] = Field(
+        0.5,
+        description="multi_label decision thresholds: one number, one per category, or 'tune' "
+        "(each category's F1-maximising threshold on dev, stored with the model and used by predict).",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_unit_interval(cls, value: Any) -> Any:
+        values = value.values() if isinstance(value, dict) else [value] if isinstance(value, float) else []
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            raise ValueError("thresholds must lie in [0, 1]")
+        return value
+
+
 class RunConfig(Section):
-    task: str = Field("single_label", description="Problem type: single_label (more to come).")
+    task: str = Field("single_label", description="Problem type: single_label or multi_label.")
     data: DataConfig
     model: ModelConfig
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: Path = Field(description="Run directory to create (relative to the current directory).")
 
     @field_validator("task")

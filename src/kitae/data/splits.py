@@ -59,3 +59,47 @@ def stratified_subset(items: Sequence[T], keys: Sequence[Hashable], size: int, s
         return list(items)
     _, subset = stratified_split(items, keys, [size / len(items)], seed=seed)
     return subset
+
+
+def iterative_stratified_split(items: Sequence[T], targets: np.ndarray, fractions: Sequence[float],
+                               seed: int) -> list[list[T]]:
+    """Multi-label stratified split (iterative stratification, Sechidis et al. 2011).
+
+    `targets` is an (n, k) 0/1 matrix. Parts are [rest, *one per fraction]. The rarest category
+    is placed first, each of its examples going to the part that most lacks that category, so
+    every part gets close to its share of every category — where a random split would often give
+    a rare category no dev examples at all.
+
+    >>> y = np.array([[1, 0]] * 4 + [[0, 1]] * 4 + [[0, 0]] * 2)
+    >>> rest, dev = iterative_stratified_split(list(range(10)), y, [0.5], seed=0)
+    >>> sorted(y[dev].sum(axis=0).tolist()), len(dev)
+    ([2, 2], 5)
+    """
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(targets).astype(bool)
+    n = len(items)
+    ratios = np.array([1.0 - sum(fractions), *fractions])
+    wanted = ratios * n  # examples each part still wants
+    wanted_per_label = np.outer(ratios, targets.sum(axis=0)).astype(float)  # (parts, k)
+    part_of = np.full(n, -1)
+    remaining = np.ones(n, dtype=bool)
+
+    def assign(example: int, candidates: np.ndarray) -> None:
+        best = candidates[np.isclose(wanted[candidates], wanted[candidates].max())]
+        part = int(rng.choice(best))
+        part_of[example] = part
+        remaining[example] = False
+        wanted[part] -= 1
+        wanted_per_label[part] -= targets[example]
+
+    while remaining.any():
+        left = targets[remaining].sum(axis=0)
+        if not left.any():  # only examples without any category are left
+            for example in rng.permutation(np.flatnonzero(remaining)):
+                assign(int(example), np.arange(len(ratios)))
+            break
+        label = int(np.argmin(np.where(left > 0, left, np.iinfo(np.int64).max)))
+        for example in rng.permutation(np.flatnonzero(remaining & targets[:, label])):
+            need = wanted_per_label[:, label]
+            assign(int(example), np.flatnonzero(np.isclose(need, need.max())))
+    return [[items[i] for i in np.flatnonzero(part_of == part)] for part in range(len(ratios))]

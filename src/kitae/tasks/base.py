@@ -43,6 +43,24 @@ class Task(ABC):
     def stratify_key(self, target: Any) -> Hashable:
         return target
 
+    def split(self, items: Sequence[Any], fractions: Sequence[float], seed: int,
+              stratify: bool = True) -> list[list[Any]]:
+        """Split examples into [rest, *one part per fraction], keeping target proportions."""
+        from kitae.data.splits import stratified_split
+
+        return stratified_split(items, [self.stratify_key(e.target) for e in items], fractions, seed, stratify)
+
+    # --- state fitted after training (e.g. tuned thresholds), saved with the model ----------
+    def fit_after_training(self, dev_targets: Sequence[Any] | None, dev_logits: np.ndarray | None) -> None:
+        """Fit what is chosen on dev once the model is selected. Default: nothing."""
+        return None
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        return None
+
     # --- training -------------------------------------------------------------------------
     @abstractmethod
     def collate_targets(self, targets: Sequence[Any]) -> torch.Tensor: ...
@@ -57,6 +75,10 @@ class Task(ABC):
     @abstractmethod
     def metrics(self, targets: Sequence[Any], logits: np.ndarray) -> dict[str, Any]:
         """Flat scalar metrics (plus nested detail such as per_class) for one split."""
+
+    @abstractmethod
+    def predicted_labels(self, logits: np.ndarray) -> list[Any]:
+        """The decision for each row: a label (single_label) or a list of labels (multi_label)."""
 
     @abstractmethod
     def prediction_records(self, ids: Sequence[str], logits: np.ndarray,

@@ -89,6 +89,9 @@ class SingleLabelTask(Task):
                                                 torch.as_tensor(np.asarray(targets))).item())
         return metrics
 
+    def predicted_labels(self, logits: np.ndarray) -> list[str]:
+        return [self.labels[int(i)] for i in logits.argmax(axis=-1)]
+
     def prediction_records(self, ids: Sequence[str], logits: np.ndarray,
                            targets: Sequence[int] | None) -> list[dict[str, Any]]:
         probs = self.probabilities(logits)

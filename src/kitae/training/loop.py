@@ -108,6 +108,7 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
         loop.epoch_loss_sum, loop.epoch_loss_batches = loss
         save_checkpoint(last_dir, classifier, optimizer, scheduler, loop, rng)
 
+    epoch_started = time.monotonic()
     with _sigterm_as_interrupt():
         try:
             while loop.epoch < training.epochs and not loop.stopped_early:
@@ -146,6 +147,7 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
                         save_last(boundary_batches, boundary_rng, boundary_loss)
                         last_save = time.monotonic()
                 loop.train_seconds += time.monotonic() - epoch_started
+                epoch_started = time.monotonic()
 
                 row = _end_of_epoch(classifier, task, dev, loop, training, plan, batching, best_dir)
                 for cb in callbacks:
@@ -155,6 +157,7 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
                 save_last(0, boundary_rng, boundary_loss)
                 last_save = time.monotonic()
         except KeyboardInterrupt:
+            loop.train_seconds += time.monotonic() - epoch_started
             save_last(boundary_batches, boundary_rng, boundary_loss)
             logger.warning("interrupted: checkpoint saved at epoch %d, batch %d", loop.epoch + 1, boundary_batches)
             raise TrainingInterrupted(
