@@ -23,7 +23,7 @@ import torch
 
 from kitae import __version__
 from kitae.config import RunConfig, config_to_dict, dump_yaml, load_config, read_saved_config
-from kitae.data.batching import EncodedSplit, encode_texts
+from kitae.data.batching import EncodedSplit, TrainBatches, encode_texts
 from kitae.data.examples import Example, build_examples
 from kitae.data.readers import read_rows
 from kitae.data.templates import render_text
@@ -103,6 +103,7 @@ def prepare_data(config: RunConfig) -> tuple[Task, dict[str, list[Example]]]:
     task = task_class(config, task_class.fit_labels(train_rows, config))
     train, dev, test = _load_splits(config, task, train_rows)
     examples = {name: split for name, split in (("train", train), ("dev", dev), ("test", test)) if split}
+    task.fit_train([e.target for e in train])
     return task, examples
 
 
@@ -142,8 +143,12 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], ru
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     watchers: list[Callback] = [ProgressBar(disable=None if progress is None else not progress),
                                 EpochLogger(training.select_metric), HistoryWriter(run_dir, training.select_metric)]
+    sampler = TrainBatches(splits["train"].encoded.lengths, training.batch_size, training.seed,
+                           training.group_by_length, resample=task.resampler(splits["train"].targets))
+    if sampler.resample is not None:
+        _report_balance(run_dir, task, splits["train"].targets, sampler)
     loop = fit(classifier, task, splits["train"], splits.get("dev"), training, plan, batching,
-               checkpoint_dir, [*watchers, *(callbacks or [])], resume=resume)
+               checkpoint_dir, [*watchers, *(callbacks or [])], resume=resume, sampler=sampler)
 
     # 5. The selected model: fit what is chosen on dev (e.g. thresholds), evaluate dev and test
     #    once, save everything.
@@ -174,6 +179,19 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], ru
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _log_metrics(metrics)
     return TrainResult(run_dir, metrics, loop.best_epoch, all_logits)
+
+
+def _report_balance(run_dir: Path, task: Task, targets: list[Any], sampler: TrainBatches) -> None:
+    """Label rates of train before and after re-sampling (epoch 1's draw), logged and saved."""
+    from kitae.data.balance import positive_rates
+
+    y = np.stack(targets) if np.ndim(targets[0]) else np.asarray(targets)
+    pool = np.concatenate(sampler.epoch(0))
+    report = {"rows_before": int(len(y)), "rows_after_epoch_1": int(len(pool)),
+              "rates_before": positive_rates(y, task.labels), "rates_after_epoch_1": positive_rates(y[pool], task.labels)}
+    write_json(run_dir / "balance.json", report)
+    logger.info("re-sampling train each epoch: %d rows -> %d; rates %s -> %s", report["rows_before"],
+                report["rows_after_epoch_1"], report["rates_before"], report["rates_after_epoch_1"])
 
 
 def resolve_pooling(requested: str, is_decoder: bool, new_modules: list[str]) -> str:

@@ -167,6 +167,58 @@ class TrainingConfig(Section):
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")
 
 
+class BalanceConfig(Section):
+    """Class-imbalance tools. Re-sampling touches train only (never dev/test) and is redrawn
+    every epoch from the seed, so multi-epoch training sees fresh samples."""
+
+    class_weights: Literal["balanced"] | dict[str, float] | None = Field(
+        None,
+        description="Loss weights. single_label: per-class cross-entropy weights; multi_label: "
+        "per-category pos_weight. 'balanced' = inverse frequency in train.",
+    )
+    loss: Literal["default", "focal"] = Field(
+        "default", description="focal: down-weight easy examples (Lin et al. 2017)."
+    )
+    focal_gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
+    sampling: Literal["none", "downsample", "upsample"] = Field(
+        "none",
+        description="single_label: down-sample every class to the rarest one's count, or up-sample "
+        "every class to the commonest one's count, redrawn each epoch.",
+    )
+    drop_unlabelled: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="multi_label: share of train rows without any category to drop each epoch "
+        "(1.0 drops them all).",
+    )
+    target_rate: dict[str, float] | None = Field(
+        None,
+        description="multi_label: {category: rate}: drop rows without the category until its "
+        "positive rate in train reaches rate (e.g. 0.5 for 50/50).",
+    )
+    upsample: dict[str, float] | None = Field(
+        None, description="multi_label: {category: factor}: repeat rows with the category factor times."
+    )
+    min_positives: int | None = Field(
+        None, gt=0,
+        description="multi_label: drop categories with fewer positive rows in the train file "
+        "(named in a warning).",
+    )
+
+    @field_validator("target_rate")
+    @classmethod
+    def _rates(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value and any(not 0.0 < v < 1.0 for v in value.values()):
+            raise ValueError("target rates must lie strictly between 0 and 1")
+        return value
+
+    @field_validator("upsample")
+    @classmethod
+    def _factors(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value and any(v < 1.0 for v in value.values()):
+            raise ValueError("up-sampling factors must be >= 1")
+        return value
+
+
 class EvaluationConfig(Section):
     thresholds: float | Literal["tune"] | dict[str, float] = Field(
         0.5,
@@ -189,6 +241,7 @@ class RunConfig(Section):
     model: ModelConfig
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: Path = Field(description="Run directory to create (relative to the current directory).")
 
@@ -257,13 +310,16 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         node[parts[-1]] = value
 
 
-def config_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), source: str = "config") -> RunConfig:
+def config_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), source: str = "config",
+                     check_files: bool = True) -> RunConfig:
     """Validate a config mapping; resolve input paths against `base_dir`; check they exist."""
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
     _resolve_inputs(config, base_dir)
+    if not check_files:
+        return config
     missing = [
         f"data.{name}: file not found: {getattr(config.data, name)}"
         for name in ("train", "dev", "test", "split_file")

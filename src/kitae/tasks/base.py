@@ -62,6 +62,14 @@ class Task(ABC):
         return None
 
     # --- training -------------------------------------------------------------------------
+    def fit_train(self, targets: Sequence[Any]) -> None:
+        """Learn what the loss needs from the train targets (e.g. class weights). Default: nothing."""
+        return None
+
+    def resampler(self, targets: Sequence[Any]) -> Any:
+        """A per-epoch re-sampler of the train split (see kitae.data.balance), or None."""
+        return None
+
     @abstractmethod
     def collate_targets(self, targets: Sequence[Any]) -> torch.Tensor: ...
 

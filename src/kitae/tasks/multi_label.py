@@ -10,6 +10,7 @@ F1, subset accuracy, Hamming loss — with the tuned thresholds and at 0.5.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from kitae.config import RunConfig
+from kitae.data.balance import Resampler, balanced_pos_weight, multilabel_resampler
 from kitae.data.readers import Row
-from kitae.errors import DataError
+from kitae.errors import ConfigError, DataError
 from kitae.metrics import label_cardinality_histogram, multilabel_metrics, tune_thresholds
 from kitae.metrics.multilabel import binarize
 from kitae.metrics.plots import plot_multilabel_confusion_grid
 from kitae.runs import write_csv
 from kitae.tasks.base import Task
+
+logger = logging.getLogger(__name__)
 
 TRUE_VALUES = {"1", "yes", "y", "true", "t", "はい", "有", "あり"}
 FALSE_VALUES = {"0", "no", "n", "false", "f", "いいえ", "無", "なし"}
@@ -84,24 +88,51 @@ class MultiLabelTask(Task):
         if data.label_fields:
             if data.labels is not None and list(data.labels) != list(data.label_fields):
                 raise DataError("data.labels must equal data.label_fields when both are given", path=rows[0].path)
-            return list(data.label_fields)
-        seen: set[str] = set()
-        for row in rows:
-            seen.update(_list_value(row, data.label_field))
-        if data.labels is not None:
-            extra = sorted(seen - set(data.labels))
-            if extra:
-                raise DataError(f"labels {extra} are not in data.labels {data.labels}", path=rows[0].path,
-                                field=data.label_field)
-            return list(data.labels)
-        if not seen:
+            labels = list(data.label_fields)
+        else:
+            seen: set[str] = set()
+            for row in rows:
+                seen.update(_list_value(row, data.label_field))
+            if data.labels is not None:
+                extra = sorted(seen - set(data.labels))
+                if extra:
+                    raise DataError(f"labels {extra} are not in data.labels {data.labels}", path=rows[0].path,
+                                    field=data.label_field)
+                labels = list(data.labels)
+            else:
+                labels = sorted(seen)
+        if not labels:
             raise DataError("no row has any label: multi_label needs at least one category",
                             path=rows[0].path, field=data.label_field)
-        return sorted(seen)
+        minimum = config.balance.min_positives
+        if minimum:
+            counting = cls(config, labels)
+            positives = np.sum([counting.encode_target(row) for row in rows], axis=0)
+            dropped = [f"{label} ({int(n)})" for label, n in zip(labels, positives) if n < minimum]
+            labels = [label for label, n in zip(labels, positives) if n >= minimum]
+            if dropped:
+                logger.warning("balance.min_positives=%d: dropping categories with fewer positive rows in %s: %s",
+                               minimum, rows[0].path, ", ".join(dropped))
+            if not labels:
+                raise DataError(f"balance.min_positives={minimum} drops every category", path=rows[0].path)
+        return labels
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
         self.index = {label: i for i, label in enumerate(labels)}
+        self.pos_weight: torch.Tensor | None = None
+        balance = config.balance
+        if balance.sampling != "none":
+            raise ConfigError("balance.sampling is for single_label; multi_label re-samples with "
+                              "balance.drop_unlabelled, target_rate and upsample")
+        # Categories named in the balance options must exist (min_positives may have dropped
+        # some: those are skipped, having been warned about).
+        for option in ("target_rate", "upsample", "class_weights"):
+            value = getattr(balance, option)
+            if isinstance(value, dict):
+                unknown = sorted(set(value) - set(labels) - self._all_categories(config))
+                if unknown:
+                    raise ConfigError(f"balance.{option} names unknown categories {unknown}; categories: {labels}")
         requested = config.evaluation.thresholds
         if isinstance(requested, dict):
             unknown = sorted(set(requested) - set(labels))
@@ -111,11 +142,15 @@ class MultiLabelTask(Task):
         else:
             self.thresholds = np.full(len(labels), 0.5 if requested == "tune" else float(requested))
 
+    @staticmethod
+    def _all_categories(config: RunConfig) -> set[str]:
+        return set(config.data.label_fields or config.data.labels or [])
+
     def encode_target(self, row: Row) -> np.ndarray:
         target = np.zeros(len(self.labels), dtype=np.float32)
         data = self.config.data
         if data.label_fields:
-            for i, field in enumerate(data.label_fields):
+            for i, field in enumerate(self.labels):
                 if field not in row.values:
                     raise row.error("missing category column", field)
                 flag = parse_flag(row.values[field])
@@ -125,6 +160,8 @@ class MultiLabelTask(Task):
             return target
         for label in _list_value(row, data.label_field):
             if label not in self.index:
+                if self.config.balance.min_positives:
+                    continue  # a category dropped for having too few positives (warned about)
                 raise row.error(f"label '{label}' was not seen in train (categories: {', '.join(self.labels)})",
                                 data.label_field)
             target[self.index[label]] = 1.0
@@ -141,8 +178,35 @@ class MultiLabelTask(Task):
     def collate_targets(self, targets: Sequence[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(targets))
 
+    def fit_train(self, targets: Sequence[np.ndarray]) -> None:
+        spec = self.config.balance.class_weights
+        if spec == "balanced":
+            weights = balanced_pos_weight(np.stack(targets))
+        elif isinstance(spec, dict):
+            weights = np.array([spec.get(label, 1.0) for label in self.labels])
+        else:
+            return
+        self.pos_weight = torch.tensor(weights, dtype=torch.float32)
+        logger.info("pos_weight: %s", {label: round(float(w), 4) for label, w in zip(self.labels, weights)})
+
+    def resampler(self, targets: Sequence[np.ndarray]) -> Resampler | None:
+        balance = self.config.balance
+        if not (balance.drop_unlabelled or balance.target_rate or balance.upsample):
+            return None
+        kept = set(self.labels)
+        return multilabel_resampler(
+            np.stack(targets), self.labels, balance.drop_unlabelled,
+            {k: v for k, v in (balance.target_rate or {}).items() if k in kept},
+            {k: v for k, v in (balance.upsample or {}).items() if k in kept})
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), targets)
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        if self.config.balance.loss == "focal":
+            bce = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight, reduction="none")
+            p = torch.sigmoid(logits.float())
+            p_true = p * targets + (1 - p) * (1 - targets)
+            return ((1 - p_true) ** self.config.balance.focal_gamma * bce).mean()
+        return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return torch.sigmoid(torch.from_numpy(logits).double()).numpy()

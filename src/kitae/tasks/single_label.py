@@ -6,6 +6,7 @@ per-class report, ROC-AUC (binary, or one-vs-rest macro), log loss, confusion ma
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from kitae.config import RunConfig
+from kitae.data.balance import Resampler, balanced_class_weights, single_label_resampler
 from kitae.data.readers import Row
-from kitae.errors import DataError
+from kitae.errors import ConfigError, DataError
 from kitae.metrics import classification_report_rows, single_label_metrics
 from kitae.metrics.plots import plot_confusion_matrix
 from kitae.runs import write_csv
 from kitae.tasks.base import Task
+
+logger = logging.getLogger(__name__)
 
 
 def _label_text(value: Any) -> str | None:
@@ -62,6 +66,32 @@ class SingleLabelTask(Task):
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
         self.label_to_index = {label: index for index, label in enumerate(labels)}
+        self.class_weights: torch.Tensor | None = None
+        balance = config.balance
+        misplaced = [name for name in ("drop_unlabelled", "target_rate", "upsample", "min_positives")
+                     if getattr(balance, name)]
+        if misplaced:
+            raise ConfigError(f"balance.{misplaced[0]} is for multi_label; single_label balances with "
+                              "balance.sampling (downsample / upsample) and balance.class_weights")
+        if isinstance(balance.class_weights, dict):
+            unknown = sorted(set(balance.class_weights) - set(labels))
+            if unknown:
+                raise ConfigError(f"balance.class_weights names unknown labels {unknown}; labels: {labels}")
+
+    def fit_train(self, targets: Sequence[int]) -> None:
+        spec = self.config.balance.class_weights
+        if spec == "balanced":
+            weights = balanced_class_weights(np.asarray(targets), len(self.labels))
+        elif isinstance(spec, dict):
+            weights = np.array([spec.get(label, 1.0) for label in self.labels])
+        else:
+            return
+        self.class_weights = torch.tensor(weights, dtype=torch.float32)
+        logger.info("class weights: %s", {label: round(float(w), 4) for label, w in zip(self.labels, weights)})
+
+    def resampler(self, targets: Sequence[int]) -> Resampler | None:
+        mode = self.config.balance.sampling
+        return None if mode == "none" else single_label_resampler(np.asarray(targets), len(self.labels), mode)
 
     def encode_target(self, row: Row) -> int:
         field = self.config.data.label_field
@@ -78,7 +108,14 @@ class SingleLabelTask(Task):
         return torch.tensor(list(targets), dtype=torch.long)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.config.training.label_smoothing)
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        smoothing = self.config.training.label_smoothing
+        if self.config.balance.loss == "focal":
+            # Focal loss: (1 - p_true)^gamma scales each example's (weighted) cross-entropy.
+            ce = F.cross_entropy(logits.float(), targets, weight=weight, reduction="none", label_smoothing=smoothing)
+            p_true = torch.softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+            return ((1 - p_true) ** self.config.balance.focal_gamma * ce).mean()
+        return F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=smoothing)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
