@@ -22,6 +22,8 @@ app = typer.Typer(help="kitae (鍛え): fine-tune language models into Japanese 
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Check or describe configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(help="Look at data before training.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 console = Console()
 errors = Console(stderr=True)
 
@@ -129,6 +131,64 @@ def config_schema() -> None:
     from kitae.config import RunConfig
 
     sys.stdout.write(json.dumps(RunConfig.model_json_schema(), ensure_ascii=False, indent=2) + "\n")
+
+
+@data_app.command("analyze")
+@_user_errors
+def data_analyze(
+    source: Annotated[Path, typer.Argument(help="A YAML run config, or a data file (.jsonl/.csv/...).")],
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir", help="Default: analysis/<name>.")] = None,
+    set_: SetOption = None,
+    task: Annotated[str, typer.Option(help="For a data file: single_label or multi_label.")] = "single_label",
+    text_field: Annotated[str, typer.Option(help="For a data file: the text column.")] = "text",
+    label_field: Annotated[str, typer.Option(help="For a data file: the label (or label-list) column.")] = "label",
+    model: Annotated[str | None, typer.Option(help="Tokenizer to count tokens with (default: the config's).")] = None,
+) -> None:
+    """Label rates, labels per example, co-occurrence and token lengths, per split."""
+    from kitae.config import config_from_dict, load_config
+    from kitae.data.analysis import analyze
+
+    _setup_logging(False)
+    if source.suffix.lower() in (".yaml", ".yml"):
+        config = load_config(source, set_ or [])
+    else:
+        raw = {"task": task, "data": {"train": str(source), "text_field": text_field, "label_field": label_field,
+                                      "split": {"dev": 0.0}},
+               "model": {"name": model or "none"}, "output": "unused"}
+        config = config_from_dict(raw, source=str(source))
+    if model:
+        config.model.name = model
+    out = output_dir or Path("analysis") / source.stem
+    report = analyze(config, out, tokenize=bool(model) or source.suffix.lower() in (".yaml", ".yml"))
+    rates = Table(title=f"label rates ({config.task})")
+    rates.add_column("label")
+    for split in report["splits"]:
+        rates.add_column(split, justify="right")
+    import csv
+
+    rows = list(csv.DictReader((out / "label_rates.csv").open(encoding="utf-8")))
+    for label in report["labels"]:
+        cells = []
+        for split in report["splits"]:
+            row = next(r for r in rows if r["split"] == split and r["label"] == label)
+            count = row.get("yes") or row.get("count")
+            cells.append(f"{count} ({float(row['rate']):.1%})")
+        rates.add_row(label, *cells)
+    console.print(rates)
+    lengths = Table(title="lengths")
+    lengths.add_column("split")
+    for column in ("examples", "chars p50", "chars p95", "tokens p50", "tokens p95", "tokens max", "over max_length"):
+        lengths.add_column(column, justify="right")
+    for split, entry in report["splits"].items():
+        tokens = entry.get("tokens", {})
+        lengths.add_row(split, str(entry["examples"]), str(entry["characters"]["p50"]), str(entry["characters"]["p95"]),
+                        str(tokens.get("p50", "")), str(tokens.get("p95", "")), str(tokens.get("max", "")),
+                        str(tokens.get("over_max_length", "")))
+    console.print(lengths)
+    for split, entry in report["splits"].items():
+        if "label_count_histogram" in entry:
+            console.print(f"labels per example ({split}): {entry['label_count_histogram']}")
+    console.print(f"report: [bold]{out}[/bold] (label_rates.csv/png, summary.json, token_lengths.png)")
 
 
 def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:

@@ -288,3 +288,53 @@ def plot_multilabel_confusion_grid(
     fig.tight_layout()
 
     _save_atomic(fig, path)
+
+
+def plot_label_rates(rates: Mapping[str, Mapping[str, float]], path: str | os.PathLike[str],
+                     title: str = "") -> None:
+    """Grouped horizontal bars: the positive rate of every label in every split.
+
+    ``rates`` maps split name -> {label: rate}.
+    """
+    splits = list(rates)
+    labels = list(next(iter(rates.values()))) if rates else []
+    fig = Figure(figsize=(7.5, 1.2 + 0.45 * len(labels) * max(1, len(splits)) ** 0.5))
+    ax = fig.add_subplot()
+    height = 0.8 / max(len(splits), 1)
+    for s, split in enumerate(splits):
+        values = [rates[split].get(label, 0.0) for label in labels]
+        positions = np.arange(len(labels)) + s * height
+        bars = ax.barh(positions, values, height=height, label=split)
+        for bar, value in zip(bars, values):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.1%}", va="center",
+                    fontproperties=_font(8))
+    ax.set_yticks(np.arange(len(labels)) + height * (len(splits) - 1) / 2)
+    ax.set_yticklabels(labels, fontproperties=_font(9))
+    ax.invert_yaxis()
+    ax.set_xlabel("割合 / rate", fontproperties=_font())
+    ax.set_xlim(0, min(1.0, max((max(r.values(), default=0) for r in rates.values()), default=0) * 1.25 + 0.02))
+    ax.legend(prop=_font(8), loc="lower right")
+    if title:
+        ax.set_title(title, fontproperties=_font(11))
+    fig.tight_layout()
+    _save_atomic(fig, path)
+
+
+def plot_length_histogram(lengths: Mapping[str, Sequence[int]], max_length: int | None,
+                          path: str | os.PathLike[str], unit: str = "tokens") -> None:
+    """Histogram of text lengths per split, with the truncation limit marked."""
+    fig = Figure(figsize=(7.5, 4))
+    ax = fig.add_subplot()
+    everything = [n for values in lengths.values() for n in values]
+    top = max(everything, default=1)
+    bins = np.linspace(0, top, 41)
+    for split, values in lengths.items():
+        ax.hist(values, bins=bins, alpha=0.5, label=f"{split} (n={len(values)})")
+    if max_length is not None:
+        ax.axvline(max_length, color="black", linestyle="--", linewidth=1)
+        ax.text(max_length, ax.get_ylim()[1] * 0.95, f" max_length={max_length}", fontproperties=_font(8))
+    ax.set_xlabel(f"長さ / length ({unit})", fontproperties=_font())
+    ax.set_ylabel("件数 / count", fontproperties=_font())
+    ax.legend(prop=_font(8))
+    fig.tight_layout()
+    _save_atomic(fig, path)

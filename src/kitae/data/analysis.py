@@ -1,0 +1,86 @@
+"""`kitae data analyze`: what the data looks like before training, per split.
+
+Label rates (per class, or per category yes/no for multi_label), how many labels each example
+has, which categories co-occur, and text lengths in characters and in the model's tokens — with
+how many texts `model.max_length` would truncate. Printed by the CLI; saved as CSV, JSON and PNG.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kitae.config import RunConfig
+from kitae.metrics import label_cardinality_histogram, label_cooccurrence
+from kitae.metrics.plots import plot_label_rates, plot_length_histogram
+from kitae.runs import write_csv, write_json
+
+logger = logging.getLogger(__name__)
+
+
+def _length_stats(lengths: np.ndarray, limit: int | None) -> dict[str, Any]:
+    stats: dict[str, Any] = {"mean": round(float(lengths.mean()), 1), "max": int(lengths.max())}
+    for q in (50, 90, 95, 99):
+        stats[f"p{q}"] = int(np.percentile(lengths, q))
+    if limit is not None:
+        stats["over_max_length"] = int((lengths > limit).sum())
+    return stats
+
+
+def analyze(config: RunConfig, output_dir: str | Path, tokenize: bool = True) -> dict[str, Any]:
+    """Analyse the splits a config selects; write the report to `output_dir`; return it."""
+    from kitae.api import prepare_data
+
+    output_dir = Path(output_dir)
+    task, examples = prepare_data(config)
+    multi = config.task == "multi_label"
+    tokenizer = None
+    if tokenize:
+        from kitae.models.loading import load_tokenizer
+        from kitae.models.sources import resolve_source
+
+        source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
+        tokenizer = load_tokenizer(source, config.model)
+
+    report: dict[str, Any] = {"task": config.task, "labels": task.labels, "splits": {}}
+    rate_rows: list[dict[str, Any]] = []
+    rates: dict[str, dict[str, float]] = {}
+    token_lengths: dict[str, list[int]] = {}
+    for name, split in examples.items():
+        y = np.stack([e.target for e in split]) if multi else np.array([e.target for e in split])
+        entry: dict[str, Any] = {"examples": len(split)}
+        if multi:
+            y = y.astype(int)
+            positives = y.sum(axis=0)
+            for label, count in zip(task.labels, positives):
+                rate_rows.append({"split": name, "label": label, "yes": int(count), "no": int(len(y) - count),
+                                  "rate": round(float(count / len(y)), 6)})
+            entry["label_count_histogram"] = label_cardinality_histogram(y)
+            cooc = label_cooccurrence(y)
+            write_csv(output_dir / f"cooccurrence_{name}.csv",
+                      [{"": label, **dict(zip(task.labels, map(int, row)))} for label, row in zip(task.labels, cooc)])
+        else:
+            counts = np.bincount(y, minlength=len(task.labels))
+            for label, count in zip(task.labels, counts):
+                rate_rows.append({"split": name, "label": label, "count": int(count),
+                                  "rate": round(float(count / len(y)), 6)})
+        rates[name] = {r["label"]: r["rate"] for r in rate_rows if r["split"] == name}
+        chars = np.array([len(e.text) for e in split])
+        entry["characters"] = _length_stats(chars, None)
+        if tokenizer is not None:
+            tokens = np.array([len(ids) for ids in tokenizer([e.text for e in split], truncation=False)["input_ids"]])
+            entry["tokens"] = _length_stats(tokens, config.model.max_length)
+            token_lengths[name] = tokens.tolist()
+        report["splits"][name] = entry
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(output_dir / "label_rates.csv", rate_rows)
+    write_json(output_dir / "summary.json", report)
+    plot_label_rates(rates, output_dir / "label_rates.png",
+                     title="positive rate per category" if multi else "class share")
+    if token_lengths:
+        plot_length_histogram(token_lengths, config.model.max_length, output_dir / "token_lengths.png")
+    return report

@@ -1,0 +1,54 @@
+"""`kitae data analyze`: rates, labels-per-example histogram, co-occurrence and token lengths
+match direct counts; works for single- and multi-label data, from a config or a data file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+
+from conftest import write_jsonl
+from test_multi_label import CATEGORIES, multilabel_rows
+from typer.testing import CliRunner
+
+from kitae.cli import app
+
+
+def test_multilabel_analysis_from_config(tmp_path, tiny_models):
+    rows = multilabel_rows(60, 11)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({
+        "task": "multi_label",
+        "data": {"train": str(data), "label_field": "categories", "labels": CATEGORIES, "split": {"dev": 0.25}},
+        "model": {"name": str(tiny_models["llama"]), "max_length": 10}, "output": str(tmp_path / "run")},
+        ensure_ascii=False), encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "analyze", str(config), "-o", str(tmp_path / "an")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "an" / "summary.json").read_text())
+    assert summary["splits"]["train"]["examples"] + summary["splits"]["dev"]["examples"] == 60
+    rates = list(csv.DictReader((tmp_path / "an" / "label_rates.csv").open(encoding="utf-8")))
+    for category in CATEGORIES:
+        yes = sum(int(r["yes"]) for r in rates if r["label"] == category)
+        assert yes == sum(category in row["categories"] for row in rows)
+    histogram = Counter(len(row["categories"]) for row in rows)
+    merged = Counter()
+    for split in ("train", "dev"):
+        merged.update({int(k): v for k, v in summary["splits"][split]["label_count_histogram"].items()})
+    assert +merged == histogram
+    # Tokens: <s> + one per character with the tiny char-level tokenizer.
+    lengths = [len(row["text"]) + 1 for row in rows]
+    over = sum(n > 10 for n in lengths)
+    assert sum(summary["splits"][s]["tokens"]["over_max_length"] for s in ("train", "dev")) == over
+    for name in ("label_rates.png", "token_lengths.png", "cooccurrence_train.csv"):
+        assert (tmp_path / "an" / name).is_file()
+    assert "labels per example" in result.output
+
+
+def test_single_label_analysis_from_a_data_file(tmp_path):
+    rows = [{"text": "雨" * (i % 5 + 1), "label": "天気" if i % 3 else "経済"} for i in range(30)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    result = CliRunner().invoke(app, ["data", "analyze", str(data), "-o", str(tmp_path / "an")])
+    assert result.exit_code == 0, result.output
+    rates = {r["label"]: int(r["count"]) for r in csv.DictReader((tmp_path / "an" / "label_rates.csv").open())}
+    assert rates == {"天気": 20, "経済": 10}
