@@ -40,7 +40,7 @@ def test_multilabel_analysis_from_config(tmp_path, tiny_models):
     lengths = [len(row["text"]) + 1 for row in rows]
     over = sum(n > 10 for n in lengths)
     assert sum(summary["splits"][s]["tokens"]["over_max_length"] for s in ("train", "dev")) == over
-    for name in ("label_rates.png", "token_lengths.png", "cooccurrence_train.csv"):
+    for name in ("label_rates.png", "token_lengths.png", "cooccurrence_train.csv", "cooccurrence_train.png"):
         assert (tmp_path / "an" / name).is_file()
     assert "labels per example" in result.output
 

@@ -188,6 +188,15 @@ def data_analyze(
     for split, entry in report["splits"].items():
         if "label_count_histogram" in entry:
             console.print(f"labels per example ({split}): {entry['label_count_histogram']}")
+    train = report["splits"].get("train", {})
+    if "cooccurrence" in train:
+        cooc = Table(title="co-occurrence in train (diagonal: positives)")
+        cooc.add_column("")
+        for label in report["labels"]:
+            cooc.add_column(label, justify="right")
+        for label, row in zip(report["labels"], train["cooccurrence"]):
+            cooc.add_row(label, *map(str, row))
+        console.print(cooc)
     console.print(f"report: [bold]{out}[/bold] (label_rates.csv/png, summary.json, token_lengths.png)")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from kitae.config import RunConfig
 from kitae.metrics import label_cardinality_histogram, label_cooccurrence
-from kitae.metrics.plots import plot_label_rates, plot_length_histogram
+from kitae.metrics.plots import plot_cooccurrence, plot_label_rates, plot_length_histogram
 from kitae.runs import write_csv, write_json
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ def analyze(config: RunConfig, output_dir: str | Path, tokenize: bool = True) ->
             cooc = label_cooccurrence(y)
             write_csv(output_dir / f"cooccurrence_{name}.csv",
                       [{"": label, **dict(zip(task.labels, map(int, row)))} for label, row in zip(task.labels, cooc)])
+            plot_cooccurrence(cooc, task.labels, output_dir / f"cooccurrence_{name}.png",
+                              title=f"{name}: co-occurrence (diagonal = positives)")
+            entry["cooccurrence"] = cooc.tolist()
         else:
             counts = np.bincount(y, minlength=len(task.labels))
             for label, count in zip(task.labels, counts):

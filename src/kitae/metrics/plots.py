@@ -338,3 +338,26 @@ def plot_length_histogram(lengths: Mapping[str, Sequence[int]], max_length: int 
     ax.legend(prop=_font(8))
     fig.tight_layout()
     _save_atomic(fig, path)
+
+
+def plot_cooccurrence(matrix: np.ndarray, label_names: Sequence[str], path: str | os.PathLike[str],
+                      title: str = "") -> None:
+    """Heatmap of category co-occurrence counts (diagonal: positives of each category)."""
+    k = len(label_names)
+    fig = Figure(figsize=(2.5 + 0.7 * k, 2 + 0.6 * k))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Purples")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    for i in range(k):
+        for j in range(k):
+            dark = matrix[i, j] > matrix.max() / 2
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(label_names, fontproperties=_font(8), rotation=45, ha="right")
+    ax.set_yticklabels(label_names, fontproperties=_font(8))
+    if title:
+        ax.set_title(title, fontproperties=_font(10))
+    fig.tight_layout()
+    _save_atomic(fig, path)
