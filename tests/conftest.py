@@ -65,7 +65,7 @@ def build_tiny_model(arch: str, folder: Path, padding_side: str = "right") -> Pa
 
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer("encoder" if arch == "bert" else "decoder", folder, padding_side)
+    tok = build_tokenizer("encoder" if arch in ("bert", "deberta") else "decoder", folder, padding_side)
     ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id)
     if arch == "llama":
         config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -92,6 +92,13 @@ def build_tiny_model(arch: str, folder: Path, padding_side: str = "right") -> Pa
                               num_key_value_heads=2, max_position_embeddings=256,
                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **ids)
         model = model_class(config)
+    elif arch == "deberta":
+        from transformers import DebertaV2Config, DebertaV2Model
+
+        config = DebertaV2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 max_position_embeddings=256, relative_attention=True, position_buckets=16,
+                                 pos_att_type=["p2c", "c2p"], **ids)
+        model = DebertaV2Model(config)
     elif arch == "bert":
         config = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                             max_position_embeddings=256, **ids)
@@ -107,7 +114,7 @@ def build_tiny_model(arch: str, folder: Path, padding_side: str = "right") -> Pa
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
     models = {arch: build_tiny_model(arch, root / arch)
-              for arch in ("llama", "gpt_neox", "gemma3", "qwen2", "mistral", "bert")}
+              for arch in ("llama", "gpt_neox", "gemma3", "qwen2", "mistral", "bert", "deberta")}
     # Gemma's real tokenizer pads on the left: cover that default too.
     models["llama_left"] = build_tiny_model("llama", root / "llama_left", padding_side="left")
     return models

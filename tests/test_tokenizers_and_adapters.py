@@ -85,3 +85,22 @@ def test_dora_trains_and_reloads(tiny_models, separable_data, tmp_path):
 
     texts = [json.loads(line)["text"] for line in separable_data["test"].read_text().splitlines()]
     np.testing.assert_array_equal(kitae.load(result.run_dir, batch_size=16).logits(texts), result.logits["test"])
+
+
+def test_missing_pad_token_falls_back_to_eos(tiny_models, separable_data, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "no-pad"
+    shutil.copytree(tiny_models["llama"], folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert AutoTokenizer.from_pretrained(folder).pad_token is None
+    cfg = tiny_config(folder, separable_data, tmp_path / "run", training={"epochs": 1})
+    result = kitae.train(config_from_dict(cfg), progress=False)
+    saved = json.loads((result.run_dir / "model" / "config.json").read_text())
+    clf = kitae.load(result.run_dir)
+    assert clf.tokenizer.pad_token == clf.tokenizer.eos_token == "</s>"
+    assert saved["pad_token_id"] == clf.tokenizer.eos_token_id
