@@ -87,6 +87,10 @@ def _case_missing_required(tmp: Path, cfg: dict) -> None:
     del cfg["output"]
 
 
+def _case_qlora_without_gpu(tmp: Path, cfg: dict) -> None:
+    cfg["adapter"]["type"] = "qlora"
+
+
 CASES = [
     # (name, mutate, words the message must contain)
     ("bad JSON line", _case_bad_json, ["train.jsonl", "line 3", "not valid JSON"]),
@@ -103,11 +107,17 @@ CASES = [
     ("unknown task", _case_unknown_task, ["task", "did you mean 'single_label'"]),
     ("unknown metric", _case_unknown_metric, ["select_metric", "did you mean 'macro_f1'"]),
     ("missing required key", _case_missing_required, ["output", "required"]),
+    ("qlora without a GPU", _case_qlora_without_gpu, ["qlora needs a CUDA GPU", "adapter.type: lora"]),
 ]
 
 
 @pytest.mark.parametrize("name,mutate,expected", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_error(tmp_path, tiny_models, name, mutate, expected):
+    if mutate is _case_qlora_without_gpu:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA GPU: QLoRA is allowed here")
     files = {split: write_jsonl(tmp_path / f"{split}.jsonl", GOOD) for split in ("train", "dev", "test")}
     cfg = tiny_config(tiny_models["llama"], files, tmp_path / "run")
     mutate(tmp_path, cfg)

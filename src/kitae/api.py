@@ -33,7 +33,7 @@ from kitae.models.adapters import apply_adapter, count_parameters
 from kitae.models.classifier import SequenceClassifier, find_head_name
 from kitae.models.loading import load_for_classification, load_tokenizer
 from kitae.models.persist import load_classifier, save_classifier
-from kitae.models.precision import plan_precision, probe_caps
+from kitae.models.precision import PrecisionPlan, plan_precision, probe_caps
 from kitae.models.sources import resolve_source
 from kitae.runs import (
     CHECKPOINT_DIR,
@@ -75,13 +75,16 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
     # Read and check all data before touching the run directory: bad input must not cost the
     # user a previous run (--overwrite) or leave a half-made one.
     task, examples = prepare_data(config)
+    # Likewise what the hardware cannot do (e.g. QLoRA without CUDA) is said before anything is written.
+    plan = plan_precision(probe_caps(config.training.device), config.model.dtype,
+                          config.model.attn_implementation, config.adapter.type)
     run_dir = _prepare_run_dir(config, overwrite=overwrite, resume=resume)
     detach_log = attach_run_log(run_dir / "train.log")
     started = time.time()
     update_run_info(run_dir, status="running", kitae_version=__version__, torch_version=torch.__version__,
                     task=config.task, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     try:
-        result = _train(config, task, examples, run_dir, resume, callbacks, progress)
+        result = _train(config, task, examples, plan, run_dir, resume, callbacks, progress)
     except KeyboardInterrupt:
         update_run_info(run_dir, status="interrupted")
         raise
@@ -107,8 +110,8 @@ def prepare_data(config: RunConfig) -> tuple[Task, dict[str, list[Example]]]:
     return task, examples
 
 
-def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], run_dir: Path, resume: bool,
-           callbacks: list[Callback] | None, progress: bool | None) -> TrainResult:
+def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], plan: PrecisionPlan,
+           run_dir: Path, resume: bool, callbacks: list[Callback] | None, progress: bool | None) -> TrainResult:
     training = config.training
     torch.manual_seed(training.seed)  # head and adapter initialisation
     labels = task.labels
@@ -119,8 +122,6 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], ru
                 ", ".join(labels))
 
     # 2. Model: backbone -> adapter -> classifier with padding-safe pooling.
-    plan = plan_precision(probe_caps(training.device), config.model.dtype,
-                          config.model.attn_implementation, config.adapter.type)
     logger.info("compute: %s", plan.describe())
     source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
     tokenizer = load_tokenizer(source, config.model)
