@@ -177,9 +177,21 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
                      "label_field": config.data.label_field, "id_field": config.data.id_field},
             "task_state": task.state(), "kitae_version": __version__}
     save_classifier(classifier, tokenizer, run_dir / MODEL_DIR, meta)
+    write_card(run_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _log_metrics(metrics)
     return TrainResult(run_dir, metrics, loop.best_epoch, all_logits)
+
+
+def write_card(run_dir: Path) -> None:
+    """README.md model card in the run directory and in model/ (which export and push ship)."""
+    from kitae.card import build_card
+
+    card = build_card(run_dir)
+    write_text_atomic(run_dir / "README.md", card)
+    write_text_atomic(run_dir / MODEL_DIR / "README.md", card)  # replaces PEFT's placeholder card
+    for image in run_dir.glob("confusion_matrix_*.png"):
+        shutil.copyfile(image, run_dir / MODEL_DIR / image.name)
 
 
 def _report_balance(run_dir: Path, task: Task, targets: list[Any], sampler: TrainBatches) -> None:

@@ -114,6 +114,22 @@ def evaluate(
     _print_metrics({labelled.name: metrics})
 
 
+@app.command()
+@_user_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write.")],
+    merge: Annotated[bool, typer.Option(help="Fold LoRA into the weights: loads in plain transformers.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """A standalone Hugging Face model folder (merged, or the adapter with its head)."""
+    from kitae.export import export_run
+
+    _setup_logging(False)
+    out = export_run(run_dir, out_dir, merge=merge, overwrite=overwrite)
+    console.print(f"exported to [bold]{out}[/bold]")
+
+
 @config_app.command("check")
 @_user_errors
 def config_check(config: Annotated[Path, typer.Argument(help="YAML run config.")], set_: SetOption = None) -> None:

@@ -1,0 +1,126 @@
+"""The model card: a Hugging Face README.md with YAML front-matter, written for every run.
+
+Front-matter (license, base_model, tags, metrics, model-index) is what the hub indexes; the body
+says what the model is for, the labels, the data, every hyperparameter, the per-epoch table, the
+test metrics with the confusion matrix, the token limit, the versions, and how to load it.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kitae.runs import read_json
+
+_LICENSES = {"pypi:gemma-3-270m": "gemma"}
+_HUB_NAMES = {"pypi:gemma-3-270m": "google/gemma-3-270m"}  # built-in names -> the hub model they are
+_HEADLINE = ("accuracy", "macro_f1", "micro_f1", "macro_precision", "macro_recall", "samples_f1", "subset_accuracy",
+             "roc_auc", "macro_roc_auc", "log_loss")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def build_card(run_dir: Path, base_model_name: str | None = None, exported: str = "adapter") -> str:
+    """The README.md text for a finished run directory."""
+    import torch
+    import transformers
+
+    import kitae
+
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    metrics = read_json(run_dir / "metrics.json")
+    meta = read_json(run_dir / "model" / "kitae_model.json")
+    labels: list[str] = meta["labels"]
+    base = base_model_name or config["model"]["name"]
+    task = config["task"]
+    test = metrics.get("test") or metrics.get("dev") or {}
+    split_name = "test" if "test" in metrics else "dev"
+    dataset = Path(config["data"]["train"]).parent.name or Path(config["data"]["train"]).stem
+
+    front: dict[str, Any] = {
+        "library_name": "peft" if config["adapter"]["type"] in ("lora", "qlora") and exported == "adapter"
+        else "transformers",
+        "license": _LICENSES.get(config["model"]["name"], "other"),
+        "language": ["ja"],
+        "pipeline_tag": "text-classification",
+        "tags": ["kitae", "text-classification", task.replace("_", "-"), config["adapter"]["type"]],
+        "metrics": [k for k in _HEADLINE if isinstance(test.get(k), float)],
+        "model-index": [{
+            "name": Path(config["output"]).name,
+            "results": [{
+                "task": {"type": "text-classification", "name": task.replace("_", "-")},
+                "dataset": {"name": dataset, "type": dataset, "split": split_name},
+                "metrics": [{"type": k, "value": round(test[k], 6), "name": f"{split_name} {k}"}
+                            for k in _HEADLINE if isinstance(test.get(k), float) and test[k] == test[k]],
+            }],
+        }],
+    }
+    hub_base = _HUB_NAMES.get(base, base)
+    if not hub_base.startswith("pypi:") and not Path(hub_base).is_absolute() and not Path(hub_base).exists():
+        front["base_model"] = hub_base
+
+    lines = ["---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).rstrip(), "---", ""]
+    lines += [f"# {Path(config['output']).name}", "",
+              f"A {task.replace('_', '-')} text classifier fine-tuned with kitae "
+              f"from `{base}` ({config['adapter']['type']}, pooling `{meta['pooling']}`).", ""]
+    lines += ["## Labels", "", "| id | label |", "|---|---|"]
+    lines += [f"| {i} | {label} |" for i, label in enumerate(labels)]
+    thresholds = meta.get("task_state", {}).get("thresholds")
+    if thresholds:
+        lines += ["", "Decision thresholds (per category): " + ", ".join(f"{k}: {v:.3f}" for k, v in thresholds.items())]
+    summary = metrics.get("summary", {})
+    lines += ["", "## Data", "",
+              f"- train: `{Path(config['data']['train']).name}` ({summary.get('train_examples', '?')} examples used)",
+              f"- dev: {metrics.get('dev', {}).get('n', '—')} examples; test: {metrics.get('test', {}).get('n', '—')} examples",
+              f"- text: {'template `' + repr(config['data']['template'])[1:-1] + '`' if config['data'].get('template') else 'column `' + config['data']['text_field'] + '`'}",
+              f"- token limit: {config['model']['max_length']} tokens (truncated: {summary.get('truncated', {})})"]
+    history_path = run_dir / "history.csv"
+    if history_path.is_file():
+        rows = list(csv.DictReader(history_path.open(encoding="utf-8")))
+        columns = [c for c in ("epoch", "train_loss", "dev_loss", "dev_accuracy", "dev_precision", "dev_macro_precision",
+                               "dev_macro_recall", "dev_macro_f1", "dev_micro_f1", "dev_samples_f1") if rows and c in rows[0]]
+        lines += ["", "## Training results (per epoch)", "", "| " + " | ".join(columns) + " |",
+                  "|" + "---|" * len(columns)]
+        for row in rows:
+            lines.append("| " + " | ".join(_fmt(float(row[c])) if c != "epoch" else row[c] for c in columns) + " |")
+        lines += ["", f"Selected epoch: {summary.get('selected_epoch')} (dev `{summary.get('select_metric')}`)."]
+    lines += ["", f"## {split_name.capitalize()} metrics (selected model)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(test[k])} |" for k in _HEADLINE if k in test]
+    if (run_dir / f"confusion_matrix_{split_name}.png").is_file():
+        lines += ["", f"![confusion matrix](confusion_matrix_{split_name}.png)"]
+    lines += ["", "## Hyperparameters", "", "```yaml",
+              yaml.safe_dump({k: config[k] for k in ("model", "adapter", "training", "balance", "evaluation")
+                              if k in config}, allow_unicode=True, sort_keys=False).rstrip(), "```"]
+    lines += ["", "## Framework versions", "",
+              f"- kitae {kitae.__version__}", f"- transformers {transformers.__version__}", f"- torch {torch.__version__}"]
+    try:
+        import peft
+
+        lines.append(f"- peft {peft.__version__}")
+    except ImportError:
+        pass
+    lines += ["", "## How to use", "", "```python", "import kitae",
+              "clf = kitae.load(\"path/to/run\")", "clf.predict([\"テキスト\"])", "```"]
+    if exported == "merged":
+        lines += ["", "Plain transformers (no kitae needed):", "", "```python",
+                  "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+                  "tok = AutoTokenizer.from_pretrained(\"path/to/export\")",
+                  "model = AutoModelForSequenceClassification.from_pretrained(\"path/to/export\")",
+                  "logits = model(**tok([\"テキスト\"], return_tensors=\"pt\", padding=True)).logits",
+                  "```"]
+    return "\n".join(lines) + "\n"
+
+
+def card_front_matter(text: str) -> dict[str, Any]:
+    """Parse the YAML front-matter of a model card (what the hub reads)."""
+    if not text.startswith("---\n"):
+        raise ValueError("no front-matter")
+    return yaml.safe_load(text.split("---\n", 2)[1])
