@@ -81,3 +81,47 @@ def test_mean_pooling_refuses_merged_export(tiny_models, separable_data, tmp_pat
     assert json.loads((run / "model" / "kitae_model.json").read_text())["pooling"] == "mean"
     with pytest.raises(KitaeError, match="mean"):
         export_run(run, tmp_path / "out", merge=True)
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi: records what would be uploaded."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.fail = fail
+        self.calls: list[tuple] = []
+        self.files: list[str] = []
+
+    def create_repo(self, repo_id, private=False, exist_ok=False):
+        self.calls.append(("create_repo", repo_id, private, exist_ok))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, repo_id, folder_path, commit_message=""):
+        if self.fail:
+            raise self.fail
+        from pathlib import Path
+
+        self.calls.append(("upload_folder", repo_id))
+        self.files = sorted(p.name for p in Path(folder_path).iterdir())
+
+
+def test_push_uploads_the_exported_folder_with_its_card(llama_run):
+    from kitae.hub import push_run
+
+    hub = FakeHub()
+    url = push_run(llama_run.run_dir, "someone/kitae-tiny", private=True, api=hub)
+    assert url == "https://huggingface.co/someone/kitae-tiny"
+    assert hub.calls[0] == ("create_repo", "someone/kitae-tiny", True, True)
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "confusion_matrix_test.png"} <= set(hub.files)
+
+
+def test_push_errors_are_clear(llama_run, monkeypatch):
+    from kitae.hub import push_run
+
+    with pytest.raises(KitaeError, match="user-or-org/name"):
+        push_run(llama_run.run_dir, "no-slash", api=FakeHub())
+    with pytest.raises(KitaeError, match="no network"):
+        push_run(llama_run.run_dir, "someone/x", api=FakeHub(fail=ConnectionError("unreachable")))
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    result = CliRunner().invoke(app, ["push", str(llama_run.run_dir), "--repo-id", "someone/x"])
+    assert result.exit_code == 2 and "no Hugging Face token" in result.output

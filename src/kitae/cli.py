@@ -130,6 +130,22 @@ def export(
     console.print(f"exported to [bold]{out}[/bold]")
 
 
+@app.command()
+@_user_errors
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="user-or-org/name on the Hugging Face hub.")],
+    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+    merge: Annotated[bool | None, typer.Option(help="Merged weights (default when possible) or the adapter.")] = None,
+) -> None:
+    """Export the run and upload it with its model card to the Hugging Face hub."""
+    from kitae.hub import push_run
+
+    _setup_logging(False)
+    url = push_run(run_dir, repo_id, private=private, merge=merge)
+    console.print(f"pushed to [bold]{url}[/bold]")
+
+
 @config_app.command("check")
 @_user_errors
 def config_check(config: Annotated[Path, typer.Argument(help="YAML run config.")], set_: SetOption = None) -> None:

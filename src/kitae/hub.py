@@ -1,0 +1,52 @@
+"""`kitae push`: export a run and upload it to the Hugging Face hub with its model card.
+
+The upload goes through `huggingface_hub` (create the repo if needed, then one commit of the
+exported folder). What can be checked offline is checked first: a finished run, a token, a valid
+repo id; a network failure is one clear error, and the local run is never modified.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kitae.errors import KitaeError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+def push_run(run_dir: str | Path, repo_id: str, private: bool = False, merge: bool | None = None,
+             token: str | None = None, api: Any = None) -> str:
+    """Export `run_dir` (merged when the model allows it, unless `merge` says otherwise) and upload
+    it to `repo_id`; returns the repo URL. `api` is a `huggingface_hub.HfApi` (tests pass a fake)."""
+    from kitae.api import load
+    from kitae.export import export_run
+    from kitae.runs import require_finished_run
+
+    run_dir = require_finished_run(Path(run_dir))
+    if not REPO_ID.match(repo_id):
+        raise KitaeError(f"--repo-id '{repo_id}': expected 'user-or-org/name'")
+    if api is None:
+        from huggingface_hub import HfApi, get_token
+
+        token = token or get_token()
+        if not token:
+            raise KitaeError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (a write token)")
+        api = HfApi(token=token)
+    if merge is None:
+        # A merged model loads without kitae or PEFT; mean pooling can only ship as an adapter.
+        merge = load(run_dir, device="cpu").model.pooling != "mean"
+    with tempfile.TemporaryDirectory(prefix="kitae-push-") as tmp:
+        folder = export_run(run_dir, Path(tmp) / "export", merge=merge)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=str(folder),
+                              commit_message=f"kitae: upload {run_dir.name}")
+        except KitaeError:
+            raise
+        except Exception as exc:  # huggingface_hub raises HTTP, connection and auth errors
+            raise KitaeError(f"push to '{repo_id}' failed: {type(exc).__name__}: {exc}\n"
+                             "  (no network, a read-only token, or no right to that namespace?)") from None
+    return str(url)
