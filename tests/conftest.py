@@ -37,9 +37,10 @@ def build_tokenizer(kind: str, folder: Path, padding_side: str = "right"):
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     if kind == "encoder":
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-        specials = dict(cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        specials = dict(cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     else:
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])

@@ -26,7 +26,7 @@ from kitae.config import RunConfig, config_to_dict, dump_yaml, load_config, read
 from kitae.data.batching import EncodedSplit, TrainBatches, encode_texts
 from kitae.data.examples import Example, build_examples
 from kitae.data.readers import read_rows
-from kitae.data.templates import render_text
+from kitae.data.templates import pair_as_text, render_text
 from kitae.errors import ConfigError, DataError, RunDirError
 from kitae.log import attach_run_log
 from kitae.models.adapters import apply_adapter, count_parameters
@@ -137,7 +137,9 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
                 config.adapter.type, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
 
     # 3. Tokenise once.
-    splits = {name: _encode(name, split, tokenizer, config.model.max_length) for name, split in examples.items()}
+    splits = {name: _encode(name, split, tokenizer, config.model.max_length,
+                            _as_model_texts(config.data.text_fields, config.data.template, loaded.is_decoder))
+              for name, split in examples.items()}
     batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
 
     # 4. Train, selecting the best epoch on dev.
@@ -174,6 +176,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
             "base_model": {"path": source.path, "gguf_file": source.gguf_file, "revision": source.revision},
             "model": config.model.model_dump(mode="json"), "adapter": config.adapter.model_dump(mode="json"),
             "data": {"template": config.data.template, "text_field": config.data.text_field,
+                     "text_fields": config.data.text_fields,
                      "label_field": config.data.label_field, "id_field": config.data.id_field},
             "task_state": task.state(), "kitae_version": __version__}
     save_classifier(classifier, tokenizer, run_dir / MODEL_DIR, meta)
@@ -315,8 +318,19 @@ def _subset(task: Task, examples: list[Example], size: int, seed: int) -> list[E
     return task.split(examples, [size / len(examples)], seed)[1]
 
 
-def _encode(name: str, examples: list[Example], tokenizer: Any, max_length: int) -> EncodedSplit:
-    encoded = encode_texts(tokenizer, [e.text for e in examples], max_length)
+def _as_model_texts(text_fields: list[str] | None, template: str | None, is_decoder: bool) -> Any:
+    """What the model reads: text pairs stay pairs for encoders (the tokenizer's pair encoding)
+    and become one string for decoders (the pair template)."""
+    def convert(texts: list[Any]) -> list[Any]:
+        if text_fields and is_decoder:
+            return [pair_as_text(t, text_fields, template) for t in texts]
+        return texts
+
+    return convert
+
+
+def _encode(name: str, examples: list[Example], tokenizer: Any, max_length: int, as_model_texts: Any) -> EncodedSplit:
+    encoded = encode_texts(tokenizer, as_model_texts([e.text for e in examples]), max_length)
     if encoded.truncated:
         logger.warning("%s: %d of %d texts are longer than model.max_length=%d tokens and were truncated",
                        name, encoded.truncated, len(examples), max_length)
@@ -362,14 +376,17 @@ class Classifier:
             self._task.load_state(self.meta.get("task_state", {}))
         return self._task
 
-    def logits(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """Raw logits (n, num_labels) for texts, exactly as the run computed them."""
+    def logits(self, texts: list[str] | list[tuple[str, str]], progress: bool = False) -> np.ndarray:
+        """Raw logits (n, num_labels) for texts (or text pairs), exactly as the run computed them."""
+        data = self.meta["data"]
+        texts = _as_model_texts(data.get("text_fields"), data["template"], self.model.is_decoder)(list(texts))
         encoded = encode_texts(self.tokenizer, texts, self.meta["model"]["max_length"])
         split = EncodedSplit("input", [str(i) for i in range(len(texts))], encoded, None)
         return predict_logits(self.model, split, self.batch_size, self.plan, self._batching, progress)
 
-    def predict(self, texts: list[str] | list[dict[str, Any]]) -> list[Prediction]:
-        """Labels and probabilities. Give strings, or dicts with the columns of the run's template."""
+    def predict(self, texts: list[str] | list[tuple[str, str]] | list[dict[str, Any]]) -> list[Prediction]:
+        """Labels and probabilities. Give strings (pairs for task: pair), or dicts with the
+        columns the run read."""
         if not texts:
             return []
         if isinstance(texts[0], dict):
@@ -383,7 +400,8 @@ class Classifier:
         from kitae.data.readers import Row
 
         data = self.meta["data"]
-        return render_text(Row(values, Path("<input>"), 0), template=data["template"], text_field=data["text_field"])
+        return render_text(Row(values, Path("<input>"), 0), template=data["template"], text_field=data["text_field"],
+                           text_fields=data.get("text_fields"))
 
     def _read(self, path: Path, require_labels: bool) -> tuple[list[Example], bool]:
         rows = read_rows(path)

@@ -51,6 +51,12 @@ class DataConfig(Section):
         "(other keys ignored), selecting rows of the `train` file by `id_field`.",
     )
     text_field: str = Field("text", description="Column holding the text (when no template).")
+    text_fields: list[str] | None = Field(
+        None,
+        description="task pair: the two columns of a text pair (default [text_a, text_b]). Encoders "
+        "read them as the tokenizer's pair encoding; decoders through `template` (default "
+        "'{text_a}\\n{text_b}'), which may name only these two columns.",
+    )
     template: str | None = Field(
         None,
         description='Python format string over any columns, e.g. "タイトル: {title}\\n本文: {body}". '
@@ -236,7 +242,7 @@ class EvaluationConfig(Section):
 
 
 class RunConfig(Section):
-    task: str = Field("single_label", description="Problem type: single_label or multi_label.")
+    task: str = Field("single_label", description="Problem type: single_label, multi_label or pair.")
     data: DataConfig
     model: ModelConfig
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
@@ -254,6 +260,17 @@ class RunConfig(Section):
             raise ValueError(f"unknown task '{value}'{_did_you_mean(value, list(TASKS))}; "
                              f"known: {', '.join(TASKS)}")
         return value
+
+    @model_validator(mode="after")
+    def _pair_fields(self) -> RunConfig:
+        if self.task == "pair":
+            if self.data.text_fields is None:
+                self.data.text_fields = ["text_a", "text_b"]
+            if len(self.data.text_fields) != 2:
+                raise ValueError(f"data.text_fields: a pair needs exactly 2 columns, got {self.data.text_fields}")
+        elif self.data.text_fields is not None:
+            raise ValueError("data.text_fields is for task: pair (use text_field or template otherwise)")
+        return self
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> RunConfig:

@@ -23,6 +23,7 @@ class Encoded:
 
     input_ids: list[list[int]]
     truncated: int
+    token_type_ids: list[list[int]] | None = None  # segment ids of text pairs, where the model uses them
 
     @property
     def lengths(self) -> np.ndarray:
@@ -42,7 +43,11 @@ class EncodedSplit:
         return len(self.ids)
 
 
-def encode_texts(tokenizer, texts: Sequence[str], max_length: int, chunk_size: int = 1024) -> Encoded:
+def encode_texts(tokenizer, texts: Sequence[str] | Sequence[tuple[str, str]], max_length: int,
+                 chunk_size: int = 1024) -> Encoded:
+    """Token ids of texts (or text pairs, as the tokenizer's pair encoding), truncated to max_length."""
+    if texts and isinstance(texts[0], tuple):
+        return _encode_pairs(tokenizer, texts, max_length, chunk_size)
     ids: list[list[int]] = []
     truncated = 0
     for start in range(0, len(texts), chunk_size):
@@ -56,6 +61,27 @@ def encode_texts(tokenizer, texts: Sequence[str], max_length: int, chunk_size: i
                 row = row[: max_length - len(tail)] + tail
             ids.append(row)
     return Encoded(ids, truncated)
+
+
+def _encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, chunk_size: int) -> Encoded:
+    ids: list[list[int]] = []
+    types: list[list[int]] = []
+    truncated = 0
+    for start in range(0, len(pairs), chunk_size):
+        chunk = list(pairs[start:start + chunk_size])
+        first, second = [p[0] for p in chunk], [p[1] for p in chunk]
+        full = tokenizer(first, second, truncation=False)
+        for i, row in enumerate(full["input_ids"]):
+            row_types = full["token_type_ids"][i] if "token_type_ids" in full else None
+            if len(row) > max_length:
+                truncated += 1
+                # Trim the longer text first, keeping both texts' special tokens.
+                again = tokenizer(first[i], second[i], truncation="longest_first", max_length=max_length)
+                row, row_types = again["input_ids"], again.get("token_type_ids")
+            ids.append(row)
+            if row_types is not None:
+                types.append(row_types)
+    return Encoded(ids, truncated, types if len(types) == len(ids) else None)
 
 
 def _special_suffix(tokenizer, row: list[int]) -> list[int]:
@@ -126,16 +152,20 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(input_ids: Sequence[list[int]], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+def collate(input_ids: Sequence[list[int]], pad_token_id: int, padding_side: str = "right",
+            token_type_ids: Sequence[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """Pad to the longest row; `pool_positions` = index of each row's last real token."""
     width = max(len(row) for row in input_ids)
     ids = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    types = torch.zeros((len(input_ids), width), dtype=torch.long) if token_type_ids is not None else None
     for b, row in enumerate(input_ids):
-        if padding_side == "left":
-            ids[b, width - len(row):] = torch.tensor(row)
-            mask[b, width - len(row):] = 1
-        else:
-            ids[b, :len(row)] = torch.tensor(row)
-            mask[b, :len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "pool_positions": last_token_positions(mask)}
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        ids[b, span] = torch.tensor(row)
+        mask[b, span] = 1
+        if types is not None:
+            types[b, span] = torch.tensor(token_type_ids[b])
+    batch = {"input_ids": ids, "attention_mask": mask, "pool_positions": last_token_positions(mask)}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch

@@ -14,7 +14,7 @@ from kitae.data.templates import render_text
 @dataclass(frozen=True)
 class Example:
     id: str
-    text: str
+    text: str | tuple[str, str]  # a pair for task: pair
     target: Any  # task-defined: a class index for single_label
     row: Row
 
@@ -25,7 +25,7 @@ def build_examples(rows: list[Row], data: DataConfig, encode_target: Callable[[R
     examples = []
     seen_ids: set[str] = set()
     for row in rows:
-        text = render_text(row, template=data.template, text_field=data.text_field)
+        text = render_text(row, template=data.template, text_field=data.text_field, text_fields=data.text_fields)
         raw_id = row.values.get(data.id_field)
         example_id = f"{split}-{row.line}" if raw_id is None or raw_id == "" else str(raw_id)
         if example_id in seen_ids:

@@ -16,8 +16,13 @@ def template_fields(template: str) -> list[str]:
     return [field for _, field, _, _ in string.Formatter().parse(template) if field]
 
 
-def render_text(row: Row, *, template: str | None, text_field: str) -> str:
-    """The text of one row; errors name the file, line and field (missing column, empty text)."""
+def render_text(row: Row, *, template: str | None, text_field: str,
+                text_fields: list[str] | None = None) -> str | tuple[str, str]:
+    """The text of one row — or, with `text_fields`, the (first, second) text pair; errors name
+    the file, line and field (missing column, empty text)."""
+    if text_fields:
+        first, second = (render_text(row, template=None, text_field=field) for field in text_fields)
+        return first, second
     if template is None:
         value = row.values.get(text_field)
         if text_field not in row.values:
@@ -38,3 +43,15 @@ def render_text(row: Row, *, template: str | None, text_field: str) -> str:
         raise row.error("empty text: every column the template uses is empty",
                         ",".join(template_fields(template)))
     return text
+
+
+def pair_as_text(pair: tuple[str, str], text_fields: list[str], template: str | None) -> str:
+    """A text pair as one string, for decoders (no pair encoding): the template over the two
+    columns, or the two texts on two lines.
+
+    >>> pair_as_text(("犬が走る", "動物が動く"), ["text_a", "text_b"], "前提: {text_a}\n仮説: {text_b}")
+    '前提: 犬が走る\n仮説: 動物が動く'
+    """
+    if template is None:
+        return f"{pair[0]}\n{pair[1]}"
+    return template.format(**dict(zip(text_fields, pair)))

@@ -51,11 +51,12 @@ class SequenceClassifier(nn.Module):
         return getattr(self.hf_model, self.head_name)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                pool_positions: torch.Tensor | None = None) -> torch.Tensor:
+                pool_positions: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, num_labels)."""
+        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         if self.pooling == "cls":
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        kwargs = {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
         if self.is_decoder and self._backbone_takes_positions:
             kwargs["position_ids"] = position_ids_from_mask(attention_mask)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,

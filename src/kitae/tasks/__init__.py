@@ -8,6 +8,7 @@ TASKS: dict[str, str] = {
     # name -> "module:Class", imported on use so `kitae config check` stays fast.
     "single_label": "kitae.tasks.single_label:SingleLabelTask",
     "multi_label": "kitae.tasks.multi_label:MultiLabelTask",
+    "pair": "kitae.tasks.pair:PairTask",
 }
 
 

@@ -50,7 +50,9 @@ class Batching:
     padding_side: str
 
     def tensors(self, split: EncodedSplit, indices: np.ndarray, device: str) -> dict[str, torch.Tensor]:
-        batch = collate([split.encoded.input_ids[i] for i in indices], self.pad_token_id, self.padding_side)
+        types = split.encoded.token_type_ids
+        batch = collate([split.encoded.input_ids[i] for i in indices], self.pad_token_id, self.padding_side,
+                        None if types is None else [types[i] for i in indices])
         return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -1,0 +1,14 @@
+"""pair: one class per text pair (NLI: entailment / neutral / contradiction; paraphrase; QA match).
+
+Everything is single-label classification; only the input differs: `data.text_fields` names two
+columns, which encoders read as the tokenizer's own pair encoding (`[CLS] a [SEP] b [SEP]`, with
+token type ids where the model has them) and decoders through the pair template.
+"""
+
+from __future__ import annotations
+
+from kitae.tasks.single_label import SingleLabelTask
+
+
+class PairTask(SingleLabelTask):
+    name = "pair"
