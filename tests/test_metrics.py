@@ -270,7 +270,8 @@ def test_single_label_metrics(seed: int, n: int, n_classes: int, tied: bool) -> 
     y_pred = probs.argmax(axis=1)
     labels = list(range(n_classes))
 
-    multilabel_only = {"subset_accuracy", "samples_f1", "macro_roc_auc", "hamming_loss"}
+    multilabel_only = {"subset_accuracy", "samples_f1", "macro_roc_auc", "hamming_loss",
+                       "rmse", "mae", "r2", "pearson", "spearman"}
     scalar_keys = [k for k in METRIC_DIRECTIONS if k != "loss" and k not in multilabel_only]
     assert set(m) == {*scalar_keys, "n", "per_class", "confusion_matrix"}
     for key in scalar_keys:
@@ -337,6 +338,9 @@ def test_metric_directions() -> None:
         "subset_accuracy",
         "samples_f1",
         "macro_roc_auc",
+        "r2",
+        "pearson",
+        "spearman",
         *(
             f"{a}_{m}"
             for a in ("macro", "micro", "weighted")

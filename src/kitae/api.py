@@ -126,7 +126,8 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
     source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
     tokenizer = load_tokenizer(source, config.model)
     id2label = dict(enumerate(labels))
-    loaded = load_for_classification(source, config.model, plan, id2label, tokenizer.pad_token_id)
+    loaded = load_for_classification(source, config.model, plan, id2label, tokenizer.pad_token_id,
+                                     task.problem_type)
     pooling = resolve_pooling(config.model.pooling, loaded.is_decoder, loaded.new_modules)
     model = apply_adapter(loaded.model, config.adapter, find_head_name(loaded.model), loaded.new_modules,
                           training.gradient_checkpointing)
@@ -349,7 +350,7 @@ def _log_metrics(metrics: dict[str, dict[str, Any]]) -> None:
 
 @dataclass
 class Prediction:
-    label: str | list[str]  # single_label: one label; multi_label: the list of predicted categories
+    label: Any  # single_label / pair: a label; multi_label: a list of labels; regression: the value(s)
     probabilities: dict[str, float]
 
 

@@ -18,7 +18,7 @@ from kitae.runs import read_json
 _LICENSES = {"pypi:gemma-3-270m": "gemma"}
 _HUB_NAMES = {"pypi:gemma-3-270m": "google/gemma-3-270m"}  # built-in names -> the hub model they are
 _HEADLINE = ("accuracy", "macro_f1", "micro_f1", "macro_precision", "macro_recall", "samples_f1", "subset_accuracy",
-             "roc_auc", "macro_roc_auc", "log_loss")
+             "roc_auc", "macro_roc_auc", "log_loss", "rmse", "mae", "pearson", "spearman")
 
 
 def _fmt(value: Any) -> str:
@@ -86,7 +86,8 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     if history_path.is_file():
         rows = list(csv.DictReader(history_path.open(encoding="utf-8")))
         columns = [c for c in ("epoch", "train_loss", "dev_loss", "dev_accuracy", "dev_precision", "dev_macro_precision",
-                               "dev_macro_recall", "dev_macro_f1", "dev_micro_f1", "dev_samples_f1") if rows and c in rows[0]]
+                               "dev_macro_recall", "dev_macro_f1", "dev_micro_f1", "dev_samples_f1", "dev_rmse",
+                               "dev_pearson", "dev_spearman") if rows and c in rows[0]]
         lines += ["", "## Training results (per epoch)", "", "| " + " | ".join(columns) + " |",
                   "|" + "---|" * len(columns)]
         for row in rows:

@@ -69,7 +69,11 @@ class DataConfig(Section):
     label_fields: list[str] | None = Field(
         None,
         description="multi_label: one column per category holding yes/no, true/false or 1/0 "
-        "(instead of a list column in label_field).",
+        "(instead of a list column in label_field); regression: one column per target.",
+    )
+    normalize_targets: bool = Field(
+        False,
+        description="regression: train on z-scored targets (train mean / std); predictions are mapped back.",
     )
     id_field: str = Field("id", description="Column holding an example id (optional in the data).")
     labels: list[str] | None = Field(
@@ -154,8 +158,10 @@ class TrainingConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (null: off).")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing.")
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
-    select_metric: str = Field(
-        "macro_f1", description="Dev metric that selects the best epoch (e.g. macro_f1, accuracy, log_loss)."
+    select_metric: str | None = Field(
+        None,
+        description="Dev metric that selects the best epoch (e.g. macro_f1, accuracy, log_loss, rmse). "
+        "Default: macro_f1 for classification, rmse for regression.",
     )
     early_stopping_patience: int | None = Field(
         None, gt=0, description="Stop after this many epochs without dev improvement (null: off)."
@@ -242,7 +248,7 @@ class EvaluationConfig(Section):
 
 
 class RunConfig(Section):
-    task: str = Field("single_label", description="Problem type: single_label, multi_label or pair.")
+    task: str = Field("single_label", description="Problem type: single_label, multi_label, pair or regression.")
     data: DataConfig
     model: ModelConfig
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
@@ -276,12 +282,15 @@ class RunConfig(Section):
     def _resolve_defaults(self) -> RunConfig:
         if self.training.lr is None:
             self.training.lr = 2e-5 if self.adapter.type == "full" else 2e-4
-        from kitae.metrics import METRIC_DIRECTIONS
+        from kitae.tasks import TASKS
 
-        if self.training.select_metric not in METRIC_DIRECTIONS:
-            names = sorted(METRIC_DIRECTIONS)
+        entry = TASKS[self.task]
+        if self.training.select_metric is None:
+            self.training.select_metric = entry.default_select_metric
+        if self.training.select_metric not in entry.metrics:
+            names = sorted(entry.metrics)
             raise ValueError(
-                f"training.select_metric: unknown metric '{self.training.select_metric}'"
+                f"training.select_metric: '{self.training.select_metric}' is not a {self.task} metric"
                 f"{_did_you_mean(self.training.select_metric, names)}; known: {', '.join(names)}"
             )
         return self

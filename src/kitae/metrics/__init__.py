@@ -1,4 +1,4 @@
-"""Evaluation metrics and plots for single-label and multi-label text classification."""
+"""Evaluation metrics and plots: single-label, multi-label, regression."""
 
 from kitae.metrics.classification import (
     METRIC_DIRECTIONS,
@@ -22,6 +22,7 @@ from kitae.metrics.multilabel import (
     tune_thresholds,
 )
 from kitae.metrics.plots import plot_confusion_matrix, plot_history, plot_multilabel_confusion_grid
+from kitae.metrics.regression import mae, pearson, r2, regression_metrics, rmse, spearman
 
 __all__ = [
     "METRIC_DIRECTIONS",
@@ -45,4 +46,11 @@ __all__ = [
     "per_category_metrics",
     "plot_multilabel_confusion_grid",
     "tune_thresholds",
+    # Regression.
+    "mae",
+    "pearson",
+    "r2",
+    "regression_metrics",
+    "rmse",
+    "spearman",
 ]

@@ -46,6 +46,12 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "roc_auc": "max",
     "log_loss": "min",
     "loss": "min",
+    # Regression (kitae.metrics.regression).
+    "rmse": "min",
+    "mae": "min",
+    "r2": "max",
+    "pearson": "max",
+    "spearman": "max",
     # Multi-label only (kitae.metrics.multilabel).
     "subset_accuracy": "max",
     "samples_f1": "max",

@@ -361,3 +361,22 @@ def plot_cooccurrence(matrix: np.ndarray, label_names: Sequence[str], path: str 
         ax.set_title(title, fontproperties=_font(10))
     fig.tight_layout()
     _save_atomic(fig, path)
+
+
+def plot_regression_scatter(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str],
+                            path: str | os.PathLike[str], title: str = "") -> None:
+    """Predicted against gold, one panel per target, with the y = x line."""
+    k = len(names)
+    fig = Figure(figsize=(4.2 * k, 4.2))
+    for j, name in enumerate(names):
+        ax = fig.add_subplot(1, k, j + 1)
+        gold, predicted = y_true[:, j], y_pred[:, j]
+        ax.scatter(gold, predicted, s=8, alpha=0.5)
+        low, high = float(min(gold.min(), predicted.min())), float(max(gold.max(), predicted.max()))
+        ax.plot([low, high], [low, high], color="black", linewidth=1, linestyle="--")
+        ax.set_xlabel(f"正解 / gold ({name})", fontproperties=_font(9))
+        ax.set_ylabel("予測 / predicted", fontproperties=_font(9))
+    if title:
+        fig.suptitle(title, fontproperties=_font(11))
+    fig.tight_layout()
+    _save_atomic(fig, path)

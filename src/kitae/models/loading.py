@@ -70,7 +70,8 @@ def load_tokenizer(source: ModelSource, model_config: ModelConfig) -> Any:
 
 
 def load_for_classification(source: ModelSource, model_config: ModelConfig, plan: PrecisionPlan,
-                            id2label: dict[int, str], pad_token_id: int | None) -> LoadedModel:
+                            id2label: dict[int, str], pad_token_id: int | None,
+                            problem_type: str | None = None) -> LoadedModel:
     """A `*ForSequenceClassification` model with a fresh head of len(id2label) outputs."""
     kwargs = _source_kwargs(source, model_config)
     try:
@@ -80,6 +81,8 @@ def load_for_classification(source: ModelSource, model_config: ModelConfig, plan
     config.num_labels = len(id2label)
     config.id2label = dict(id2label)
     config.label2id = {label: index for index, label in id2label.items()}
+    if problem_type is not None:
+        config.problem_type = problem_type
     if pad_token_id is not None:
         # transformers' own pooling (used by a plain-transformers export) needs it.
         config.pad_token_id = pad_token_id

@@ -21,6 +21,7 @@ from kitae.data.readers import Row
 
 class Task(ABC):
     name: str
+    problem_type = "single_label_classification"  # transformers' config.problem_type
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         self.config = config

@@ -81,6 +81,7 @@ def _list_value(row: Row, field: str) -> list[str]:
 
 class MultiLabelTask(Task):
     name = "multi_label"
+    problem_type = "multi_label_classification"
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
