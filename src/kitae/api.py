@@ -26,6 +26,7 @@ from kitae.config import RunConfig, config_to_dict, dump_yaml, load_config, read
 from kitae.data.batching import EncodedSplit, TrainBatches, encode_texts
 from kitae.data.examples import Example, build_examples
 from kitae.data.readers import read_rows
+from kitae.data.splits import stratified_split
 from kitae.data.templates import pair_as_text, render_text
 from kitae.errors import ConfigError, DataError, RunDirError
 from kitae.log import attach_run_log
@@ -103,7 +104,7 @@ def prepare_data(config: RunConfig) -> tuple[Task, dict[str, list[Example]]]:
     """Rows -> label space -> examples -> splits; every input error surfaces here."""
     task_class = get_task_class(config.task)
     train_rows = read_rows(config.data.train)
-    task = task_class(config, task_class.fit_labels(train_rows, config))
+    task = task_class(config, task_class.fit_labels(_expand(train_rows, config.data), config))
     train, dev, test = _load_splits(config, task, train_rows)
     examples = {name: split for name, split in (("train", train), ("dev", dev), ("test", test)) if split}
     task.fit_train([e.target for e in train])
@@ -253,27 +254,54 @@ def _prepare_run_dir(config: RunConfig, *, overwrite: bool, resume: bool) -> Pat
 def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[Example], list[Example] | None,
                                                                              list[Example] | None]:
     data = config.data
+
+    def build(rows: list, name: str) -> list[Example] | None:
+        return build_examples(_expand(rows, data), data, task.encode_target, name) if rows else None
+
     if data.split_file is not None:
         train_rows, dev_rows, test_rows = _rows_by_split_file(train_rows, data.split_file, data.id_field)
-        train = build_examples(train_rows, data, task.encode_target, "train")
-        dev = build_examples(dev_rows, data, task.encode_target, "dev") if dev_rows else None
-        test = build_examples(test_rows, data, task.encode_target, "test") if test_rows else None
-        return _subsets(config, task, train, dev, test)
-    train = build_examples(train_rows, data, task.encode_target, "train")
-    dev = build_examples(read_rows(data.dev), data, task.encode_target, "dev") if data.dev else None
-    test = build_examples(read_rows(data.test), data, task.encode_target, "test") if data.test else None
+        return _subsets(config, task, build(train_rows, "train"), build(dev_rows, "dev"), build(test_rows, "test"))
+    dev = build(read_rows(data.dev), "dev") if data.dev else None
+    test = build(read_rows(data.test), "test") if data.test else None
     split = data.split
     if split is None and dev is None:
         from kitae.config import SplitConfig
 
         split = SplitConfig()  # the sound default: hold out 10% of train (stratified) to select on
         logger.info("no dev file: holding out %.0f%% of train as dev (seed %d)", 100 * split.dev, split.seed)
+    if split is not None and data.from_preference:
+        # Split whole pairs (chosen and rejected of one row never straddle splits); every pair
+        # gives one example of each label, so there is nothing to stratify.
+        fractions = [split.dev if dev is None else 0.0, split.test if test is None else 0.0]
+        parts = stratified_split(train_rows, [0] * len(train_rows), fractions, split.seed, stratify=False)
+        dev = dev if dev is not None else build(parts[1], "dev")
+        test = test if test is not None else build(parts[2], "test")
+        return _subsets(config, task, build(parts[0], "train"), dev, test)
+    train = build(train_rows, "train")
     if split is not None:
         fractions = [split.dev if dev is None else 0.0, split.test if test is None else 0.0]
         train, dev_part, test_part = task.split(train, fractions, split.seed, split.stratify)
         dev = dev if dev is not None else (dev_part or None)
         test = test if test is not None else (test_part or None)
     return _subsets(config, task, train, dev, test)
+
+
+def _expand(rows: list, data: Any) -> list:
+    """Preference rows -> two rows each (chosen, rejected); other data is returned as it is."""
+    if not data.from_preference:
+        return rows
+    from kitae.data.readers import Row
+
+    expanded = []
+    for row in rows:
+        for column, label in ((data.chosen_field, "chosen"), (data.rejected_field, "rejected")):
+            if column not in row.values:
+                raise row.error("missing column of preference data", column)
+            values = {**row.values, data.text_field: row.values[column], data.label_field: label}
+            if row.values.get(data.id_field) not in (None, ""):
+                values[data.id_field] = f"{row.values[data.id_field]}-{label}"
+            expanded.append(Row(values, row.path, row.line))
+    return expanded
 
 
 def _rows_by_split_file(rows: list, split_file: Path, id_field: str) -> tuple[list, list, list]:

@@ -71,6 +71,13 @@ class DataConfig(Section):
         description="multi_label: one column per category holding yes/no, true/false or 1/0 "
         "(instead of a list column in label_field); regression: one column per target.",
     )
+    from_preference: bool = Field(
+        False,
+        description="Preference data: each row's chosen and rejected texts become two examples "
+        "labelled 'chosen' and 'rejected' (pairs never straddle splits).",
+    )
+    chosen_field: str = Field("chosen", description="Column of the preferred text (preference data).")
+    rejected_field: str = Field("rejected", description="Column of the dispreferred text (preference data).")
     normalize_targets: bool = Field(
         False,
         description="regression: train on z-scored targets (train mean / std); predictions are mapped back.",
@@ -266,6 +273,16 @@ class RunConfig(Section):
             raise ValueError(f"unknown task '{value}'{_did_you_mean(value, list(TASKS))}; "
                              f"known: {', '.join(TASKS)}")
         return value
+
+    @model_validator(mode="after")
+    def _preference(self) -> RunConfig:
+        if self.data.from_preference:
+            if self.task not in ("single_label",):
+                raise ValueError("data.from_preference makes single_label examples (for a scalar "
+                                 "reward with the pairwise loss use task: reward)")
+            if self.data.labels is None:
+                self.data.labels = ["rejected", "chosen"]
+        return self
 
     @model_validator(mode="after")
     def _pair_fields(self) -> RunConfig:

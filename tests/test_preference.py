@@ -1,0 +1,37 @@
+"""Preference data (chosen / rejected) as single-label examples: two per pair, never split apart."""
+
+from __future__ import annotations
+
+import random
+
+from conftest import CLASS_CHARS, FILLER, write_jsonl
+
+from kitae.api import prepare_data
+from kitae.config import config_from_dict
+
+
+def preference_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    good, bad = CLASS_CHARS["料理"], CLASS_CHARS["経済"]
+    return [{"id": f"pref{i}",
+             "chosen": "".join(rng.choice(good + FILLER) for _ in range(8)),
+             "rejected": "".join(rng.choice(bad + FILLER) for _ in range(8))} for i in range(n)]
+
+
+def test_each_pair_becomes_two_examples_in_the_same_split(tmp_path):
+    path = write_jsonl(tmp_path / "pref.jsonl", preference_rows(50, 1))
+    cfg = config_from_dict({"data": {"train": str(path), "from_preference": True,
+                                     "split": {"dev": 0.2, "test": 0.2, "seed": 3}},
+                            "model": {"name": "m"}, "output": "o"})
+    task, examples = prepare_data(cfg)
+    assert task.labels == ["rejected", "chosen"]
+    sizes = {name: len(split) for name, split in examples.items()}
+    assert sizes == {"train": 60, "dev": 20, "test": 20}
+    pair_split = {}
+    for name, split in examples.items():
+        for example in split:
+            pair = example.id.rsplit("-", 1)[0]
+            assert pair_split.setdefault(pair, name) == name  # no pair straddles two splits
+        assert sum(e.target for e in split) == len(split) // 2  # half chosen (1), half rejected (0)
+    first = next(e for e in examples["train"] if e.id.endswith("-chosen"))
+    assert first.text == next(r for r in preference_rows(50, 1) if r["id"] == first.id[:-7])["chosen"]
