@@ -271,7 +271,7 @@ def test_single_label_metrics(seed: int, n: int, n_classes: int, tied: bool) -> 
     labels = list(range(n_classes))
 
     multilabel_only = {"subset_accuracy", "samples_f1", "macro_roc_auc", "hamming_loss",
-                       "rmse", "mae", "r2", "pearson", "spearman"}
+                       "rmse", "mae", "r2", "pearson", "spearman", "pairwise_accuracy", "mean_margin"}
     scalar_keys = [k for k in METRIC_DIRECTIONS if k != "loss" and k not in multilabel_only]
     assert set(m) == {*scalar_keys, "n", "per_class", "confusion_matrix"}
     for key in scalar_keys:
@@ -341,6 +341,8 @@ def test_metric_directions() -> None:
         "r2",
         "pearson",
         "spearman",
+        "pairwise_accuracy",
+        "mean_margin",
         *(
             f"{a}_{m}"
             for a in ("macro", "micro", "weighted")

@@ -140,7 +140,8 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
 
     # 3. Tokenise once.
     splits = {name: _encode(name, split, tokenizer, config.model.max_length,
-                            _as_model_texts(config.data.text_fields, config.data.template, loaded.is_decoder))
+                            _as_model_texts(config.data.text_fields, config.data.template, loaded.is_decoder,
+                                            task.group_size), task.group_size)
               for name, split in examples.items()}
     batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
 
@@ -148,7 +149,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     watchers: list[Callback] = [ProgressBar(disable=None if progress is None else not progress),
                                 EpochLogger(training.select_metric), HistoryWriter(run_dir, training.select_metric)]
-    sampler = TrainBatches(splits["train"].encoded.lengths, training.batch_size, training.seed,
+    sampler = TrainBatches(splits["train"].lengths, training.batch_size, training.seed,
                            training.group_by_length, resample=task.resampler(splits["train"].targets))
     if sampler.resample is not None:
         _report_balance(run_dir, task, splits["train"].targets, sampler)
@@ -347,10 +348,16 @@ def _subset(task: Task, examples: list[Example], size: int, seed: int) -> list[E
     return task.split(examples, [size / len(examples)], seed)[1]
 
 
-def _as_model_texts(text_fields: list[str] | None, template: str | None, is_decoder: bool) -> Any:
+def _as_model_texts(text_fields: list[str] | None, template: str | None, is_decoder: bool,
+                    group_size: int = 1) -> Any:
     """What the model reads: text pairs stay pairs for encoders (the tokenizer's pair encoding)
-    and become one string for decoders (the pair template)."""
+    and become one string for decoders (the pair template); groups (reward: chosen, rejected)
+    become their texts one after the other, each scored on its own."""
     def convert(texts: list[Any]) -> list[Any]:
+        if not texts or not isinstance(texts[0], tuple):
+            return texts  # single texts (also: a reward model scoring texts one by one)
+        if group_size > 1:
+            return [text for group in texts for text in group]
         if text_fields and is_decoder:
             return [pair_as_text(t, text_fields, template) for t in texts]
         return texts
@@ -358,12 +365,13 @@ def _as_model_texts(text_fields: list[str] | None, template: str | None, is_deco
     return convert
 
 
-def _encode(name: str, examples: list[Example], tokenizer: Any, max_length: int, as_model_texts: Any) -> EncodedSplit:
+def _encode(name: str, examples: list[Example], tokenizer: Any, max_length: int, as_model_texts: Any,
+            group_size: int = 1) -> EncodedSplit:
     encoded = encode_texts(tokenizer, as_model_texts([e.text for e in examples]), max_length)
     if encoded.truncated:
         logger.warning("%s: %d of %d texts are longer than model.max_length=%d tokens and were truncated",
                        name, encoded.truncated, len(examples), max_length)
-    return EncodedSplit(name, [e.id for e in examples], encoded, [e.target for e in examples])
+    return EncodedSplit(name, [e.id for e in examples], encoded, [e.target for e in examples], group_size)
 
 
 def _log_metrics(metrics: dict[str, dict[str, Any]]) -> None:
@@ -408,9 +416,11 @@ class Classifier:
     def logits(self, texts: list[str] | list[tuple[str, str]], progress: bool = False) -> np.ndarray:
         """Raw logits (n, num_labels) for texts (or text pairs), exactly as the run computed them."""
         data = self.meta["data"]
-        texts = _as_model_texts(data.get("text_fields"), data["template"], self.model.is_decoder)(list(texts))
-        encoded = encode_texts(self.tokenizer, texts, self.meta["model"]["max_length"])
-        split = EncodedSplit("input", [str(i) for i in range(len(texts))], encoded, None)
+        texts = list(texts)
+        group = self.task.group_size if texts and isinstance(texts[0], tuple) else 1
+        model_texts = _as_model_texts(data.get("text_fields"), data["template"], self.model.is_decoder, group)(texts)
+        encoded = encode_texts(self.tokenizer, model_texts, self.meta["model"]["max_length"])
+        split = EncodedSplit("input", [str(i) for i in range(len(texts))], encoded, None, group)
         return predict_logits(self.model, split, self.batch_size, self.plan, self._batching, progress)
 
     def predict(self, texts: list[str] | list[tuple[str, str]] | list[dict[str, Any]]) -> list[Prediction]:
@@ -435,8 +445,8 @@ class Classifier:
     def _read(self, path: Path, require_labels: bool) -> tuple[list[Example], bool]:
         rows = read_rows(path)
         data = self.config.data if self.config else None
-        label_columns = (data.label_fields or [data.label_field]) if data is not None else []
-        has_labels = bool(label_columns) and any(all(c in row.values for c in label_columns) for row in rows)
+        label_columns = self.task.target_columns() if data is not None else []
+        has_labels = data is not None and any(all(c in row.values for c in label_columns) for row in rows)
         if require_labels and not has_labels:
             raise DataError("no label column: evaluate needs labelled data", path=path,
                             field=data.label_field if data else "label")

@@ -255,7 +255,8 @@ class EvaluationConfig(Section):
 
 
 class RunConfig(Section):
-    task: str = Field("single_label", description="Problem type: single_label, multi_label, pair or regression.")
+    task: str = Field("single_label",
+                      description="Problem type: single_label, multi_label, pair, regression or reward.")
     data: DataConfig
     model: ModelConfig
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
@@ -286,7 +287,10 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _pair_fields(self) -> RunConfig:
-        if self.task == "pair":
+        if self.task == "reward":
+            # Each example is the (chosen, rejected) texts of one row, scored one by one.
+            self.data.text_fields = [self.data.chosen_field, self.data.rejected_field]
+        elif self.task == "pair":
             if self.data.text_fields is None:
                 self.data.text_fields = ["text_a", "text_b"]
             if len(self.data.text_fields) != 2:

@@ -32,15 +32,31 @@ class Encoded:
 
 @dataclass
 class EncodedSplit:
-    """One split, ready for the loop: ids, token ids and task targets (None when unlabelled)."""
+    """One split, ready for the loop: ids, token ids and task targets (None when unlabelled).
+
+    With `group_size` > 1 each example is that many consecutive token sequences (reward
+    modelling: chosen then rejected), scored separately and batched together.
+    """
 
     name: str
     ids: list[str]
     encoded: Encoded
     targets: list[Any] | None
+    group_size: int = 1
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Per example: the longest of its sequences (what padding a batch costs)."""
+        return self.encoded.lengths.reshape(len(self.ids), self.group_size).max(axis=1)
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """The token-sequence rows of the given examples."""
+        if self.group_size == 1:
+            return indices
+        return (indices[:, None] * self.group_size + np.arange(self.group_size)).ravel()
 
 
 def encode_texts(tokenizer, texts: Sequence[str] | Sequence[tuple[str, str]], max_length: int,

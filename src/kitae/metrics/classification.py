@@ -46,6 +46,9 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "roc_auc": "max",
     "log_loss": "min",
     "loss": "min",
+    # Reward models (kitae.tasks.reward).
+    "pairwise_accuracy": "max",
+    "mean_margin": "max",
     # Regression (kitae.metrics.regression).
     "rmse": "min",
     "mae": "min",

@@ -11,6 +11,7 @@ _CLASSIFICATION = {"accuracy", "roc_auc", "log_loss", "loss"} | {
 _MULTI_LABEL = (_CLASSIFICATION - {"accuracy", "roc_auc", "weighted_precision", "weighted_recall"}) | {
     "subset_accuracy", "samples_f1", "macro_roc_auc", "hamming_loss"}
 _REGRESSION = {"rmse", "mae", "r2", "pearson", "spearman", "loss"}
+_REWARD = {"pairwise_accuracy", "mean_margin", "loss"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ TASKS: dict[str, TaskEntry] = {
     "multi_label": TaskEntry("kitae.tasks.multi_label:MultiLabelTask", "macro_f1", frozenset(_MULTI_LABEL)),
     "pair": TaskEntry("kitae.tasks.pair:PairTask", "macro_f1", frozenset(_CLASSIFICATION)),
     "regression": TaskEntry("kitae.tasks.regression:RegressionTask", "rmse", frozenset(_REGRESSION)),
+    "reward": TaskEntry("kitae.tasks.reward:RewardTask", "pairwise_accuracy", frozenset(_REWARD)),
 }
 
 

@@ -22,6 +22,7 @@ from kitae.data.readers import Row
 class Task(ABC):
     name: str
     problem_type = "single_label_classification"  # transformers' config.problem_type
+    group_size = 1  # token sequences per example (reward: chosen and rejected)
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         self.config = config
@@ -40,6 +41,11 @@ class Task(ABC):
     @abstractmethod
     def encode_target(self, row: Row) -> Any:
         """The target of one row; a clear error (file, line, field) when it is invalid."""
+
+    def target_columns(self) -> list[str]:
+        """Columns a file needs for evaluation (its targets)."""
+        data = self.config.data
+        return list(data.label_fields or [data.label_field])
 
     def stratify_key(self, target: Any) -> Hashable:
         return target

@@ -50,9 +50,10 @@ class Batching:
     padding_side: str
 
     def tensors(self, split: EncodedSplit, indices: np.ndarray, device: str) -> dict[str, torch.Tensor]:
+        rows = split.rows(indices)
         types = split.encoded.token_type_ids
-        batch = collate([split.encoded.input_ids[i] for i in indices], self.pad_token_id, self.padding_side,
-                        None if types is None else [types[i] for i in indices])
+        batch = collate([split.encoded.input_ids[i] for i in rows], self.pad_token_id, self.padding_side,
+                        None if types is None else [types[i] for i in rows])
         return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -68,7 +69,7 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
     `checkpoint_dir / "best"` when this returns. `sampler` defaults to shuffled, length-grouped
     batches of the whole train split."""
     device = plan.device
-    sampler = sampler or TrainBatches(train.encoded.lengths, training.batch_size, training.seed,
+    sampler = sampler or TrainBatches(train.lengths, training.batch_size, training.seed,
                                       training.group_by_length)
     trainable = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = _make_optimizer(classifier, training, plan)
@@ -125,7 +126,8 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
                     inputs = batching.tensors(train, indices, device)
                     targets = task.collate_targets([train.targets[i] for i in indices]).to(device)
                     with _autocast(plan):
-                        logits = classifier(**inputs)
+                        # (examples, group_size x outputs): a no-op unless examples are groups.
+                        logits = classifier(**inputs).view(len(indices), -1)
                     loss = task.loss(logits, targets)
                     scaled = loss / training.grad_accum
                     (scaler.scale(scaled) if scaler else scaled).backward()
@@ -212,7 +214,7 @@ def predict_logits(classifier: SequenceClassifier, split: EncodedSplit, batch_si
     was_training = classifier.training
     classifier.eval()
     out: np.ndarray | None = None
-    batches = eval_batches(split.encoded.lengths, batch_size)
+    batches = eval_batches(split.lengths, batch_size)
     iterator: Any = batches
     if progress:
         from tqdm.auto import tqdm
@@ -220,7 +222,8 @@ def predict_logits(classifier: SequenceClassifier, split: EncodedSplit, batch_si
         iterator = tqdm(batches, desc=f"predict {split.name}", unit="batch", dynamic_ncols=True)
     for indices in iterator:
         with _autocast(plan):
-            logits = classifier(**batching.tensors(split, indices, plan.device)).float().cpu().numpy()
+            logits = classifier(**batching.tensors(split, indices, plan.device)).float().view(len(indices), -1)
+            logits = logits.cpu().numpy()
         if out is None:
             out = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
         out[indices] = logits

@@ -1,0 +1,88 @@
+"""reward: a scalar score per text, trained on preference pairs with the pairwise
+(Bradley-Terry) loss -log sigmoid(score(chosen) - score(rejected)).
+
+Each example is one row's (chosen, rejected) texts, scored separately in the same batch.
+Metrics: pairwise accuracy (share of pairs with score(chosen) > score(rejected)) and the mean
+margin score(chosen) - score(rejected). The model is a *ForSequenceClassification with one output,
+so an export loads in plain transformers as a reward model (as TRL's RewardTrainer produces).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kitae.config import RunConfig
+from kitae.data.readers import Row
+from kitae.errors import ConfigError
+from kitae.tasks.base import Task
+
+
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry: mean of -log sigmoid(chosen - rejected).
+
+    >>> round(pairwise_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0])).item(), 6)
+    0.410038
+    """
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+class RewardTask(Task):
+    name = "reward"
+    problem_type = "regression"  # one real-valued output: a score
+    group_size = 2
+
+    @classmethod
+    def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
+        return ["score"]
+
+    def __init__(self, config: RunConfig, labels: list[str]) -> None:
+        super().__init__(config, labels)
+        balance = config.balance
+        if balance.sampling != "none" or balance.class_weights or balance.target_rate or balance.upsample:
+            raise ConfigError("balance options are for classification tasks, not reward")
+
+    def target_columns(self) -> list[str]:
+        return list(self.config.data.text_fields or [])
+
+    def encode_target(self, row: Row) -> int:
+        return 1  # the first text of each group is the preferred one
+
+    def split(self, items: Sequence[Any], fractions: Sequence[float], seed: int,
+              stratify: bool = True) -> list[list[Any]]:
+        from kitae.data.splits import stratified_split
+
+        return stratified_split(items, [0] * len(items), fractions, seed, stratify=False)
+
+    def collate_targets(self, targets: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(list(targets), dtype=torch.long)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # logits: (pairs, 2) = (score of chosen, score of rejected).
+        return pairwise_loss(logits[:, 0].float(), logits[:, 1].float())
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return logits.astype(np.float64)
+
+    def metrics(self, targets: Sequence[int], logits: np.ndarray) -> dict[str, Any]:
+        margin = logits[:, 0].astype(np.float64) - logits[:, 1]
+        return {"pairwise_accuracy": float(np.mean(margin > 0)), "mean_margin": float(np.mean(margin)),
+                "loss": float(pairwise_loss(torch.from_numpy(logits[:, 0]).double(),
+                                            torch.from_numpy(logits[:, 1]).double()).item()),
+                "n": int(len(margin))}
+
+    def predicted_labels(self, logits: np.ndarray) -> list[Any]:
+        if logits.shape[1] == 1:  # single texts: their scores
+            return [float(v) for v in logits[:, 0]]
+        return ["first" if a > b else "second" for a, b in logits[:, :2]]  # pairs: which is preferred
+
+    def prediction_records(self, ids: Sequence[str], logits: np.ndarray,
+                           targets: Sequence[int] | None) -> list[dict[str, Any]]:
+        if logits.shape[1] == 1:
+            return [{"id": i, "score": float(v)} for i, v in zip(ids, logits[:, 0])]
+        return [{"id": i, "score_chosen": float(a), "score_rejected": float(b), "margin": float(a - b),
+                 "correct": bool(a > b)} for i, (a, b) in zip(ids, logits[:, :2])]
