@@ -27,9 +27,15 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     task, examples = prepare_data(config)
+    if config.task not in ("single_label", "pair", "multi_label"):
+        raise SystemExit(f"the TF-IDF baseline is for classification, not {config.task}")
+
+    def text(example) -> str:  # a pair becomes its two texts on two lines
+        return "\n".join(example.text) if isinstance(example.text, tuple) else example.text
+
     started = time.perf_counter()
     vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
-    x_train = vectorizer.fit_transform([e.text for e in examples["train"]])
+    x_train = vectorizer.fit_transform([text(e) for e in examples["train"]])
     y_train = np.stack([np.atleast_1d(e.target) for e in examples["train"]])
     if config.task == "multi_label":
         model = OneVsRestClassifier(LogisticRegression(max_iter=2000, C=10.0))
@@ -43,7 +49,7 @@ def main() -> None:
     for name in ("dev", "test"):
         if name not in examples:
             continue
-        x = vectorizer.transform([e.text for e in examples[name]])
+        x = vectorizer.transform([text(e) for e in examples[name]])
         if config.task == "multi_label":
             probs = np.full((x.shape[0], len(task.labels)), 1e-6)
             probs[:, present] = model.predict_proba(x)
