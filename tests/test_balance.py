@@ -131,3 +131,25 @@ def test_resampling_touches_train_only(tiny_models, separable_data, tmp_path):
     assert report["rows_before"] == 88 and report["rows_after_epoch_1"] == 120
     assert report["rates_after_epoch_1"] == pytest.approx({"天気": 1 / 3, "料理": 1 / 3, "経済": 1 / 3}, abs=1e-6)
     assert result.metrics["dev"]["n"] == 30 and result.metrics["test"]["n"] == 45  # untouched
+
+
+def test_multilabel_focal_loss_and_pos_weight_by_hand():
+    from kitae.tasks.multi_label import MultiLabelTask
+
+    logits = torch.tensor([[2.0, -1.0], [0.0, 1.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    base = {"task": "multi_label", "data": {"train": "x.jsonl"}, "model": {"name": "m"}, "output": "o"}
+
+    task = MultiLabelTask(config_from_dict({**base, "balance": {"loss": "focal", "focal_gamma": 2.0}},
+                                           check_files=False), ["a", "b"])
+    p = torch.sigmoid(logits)
+    p_true = torch.where(targets == 1, p, 1 - p)
+    hand = (-(1 - p_true) ** 2 * torch.log(p_true)).mean()
+    assert task.loss(logits, targets).item() == pytest.approx(hand.item(), rel=1e-6)
+
+    weighted = MultiLabelTask(config_from_dict({**base, "balance": {"class_weights": "balanced"}},
+                                               check_files=False), ["a", "b"])
+    weighted.fit_train([np.array([1.0, 0.0]), np.array([0.0, 0.0]), np.array([0.0, 1.0]), np.array([0.0, 0.0])])
+    assert weighted.pos_weight.tolist() == [3.0, 3.0]
+    expected = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor([3.0, 3.0]))
+    assert weighted.loss(logits, targets).item() == pytest.approx(expected.item())

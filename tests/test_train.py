@@ -22,11 +22,13 @@ def _train(cfg: dict, **kwargs):
     return kitae.train(config_from_dict(cfg), progress=False, **kwargs)
 
 
-@pytest.mark.parametrize("arch,adapter", [("llama_left", "lora"), ("gpt_neox", "lora"),
-                                          ("gemma3", "lora"), ("bert", "full"), ("deberta", "full")])
+@pytest.mark.parametrize("arch,adapter", [("llama_left", "lora"), ("gpt_neox", "lora"), ("gemma3", "lora"),
+                                          ("bert", "full"), ("deberta", "full"), ("qwen2", "full")])
 def test_tiny_model_learns_separable_data(tiny_models, separable_data, tmp_path, arch, adapter):
-    cfg = tiny_config(tiny_models[arch], separable_data, tmp_path / "run",
-                      adapter={"type": adapter}, training={"lr": 1e-2 if adapter == "lora" else 5e-3})
+    # A decoder in full fine-tuning also exercises gradient checkpointing.
+    cfg = tiny_config(tiny_models[arch], separable_data, tmp_path / "run", adapter={"type": adapter},
+                      training={"lr": 1e-2 if adapter == "lora" else 5e-3,
+                                "gradient_checkpointing": arch == "qwen2"})
     result = _train(cfg)
     test = result.metrics["test"]
     # 3 balanced classes: chance is 1/3.
