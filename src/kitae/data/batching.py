@@ -119,7 +119,7 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
     LengthGroupedSampler, but reproducible per epoch).
 
     >>> [b.tolist() for b in epoch_batches(np.array([5, 1, 4, 2]), 2, seed=0, epoch=0)]
-    [[0, 2], [3, 1]]
+    [[3, 1], [0, 2]]
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from typing import Any
 
 from kitae.data.readers import Row
 
@@ -49,9 +50,27 @@ def pair_as_text(pair: tuple[str, str], text_fields: list[str], template: str | 
     """A text pair as one string, for decoders (no pair encoding): the template over the two
     columns, or the two texts on two lines.
 
-    >>> pair_as_text(("犬が走る", "動物が動く"), ["text_a", "text_b"], "前提: {text_a}\n仮説: {text_b}")
-    '前提: 犬が走る\n仮説: 動物が動く'
+    >>> pair_as_text(("犬が走る", "動物が動く"), ["text_a", "text_b"], "前提: {text_a}\\n仮説: {text_b}")
+    '前提: 犬が走る\\n仮説: 動物が動く'
     """
     if template is None:
         return f"{pair[0]}\n{pair[1]}"
     return template.format(**dict(zip(text_fields, pair)))
+
+
+def as_model_texts(texts: list[Any], text_fields: list[str] | None, template: str | None, is_decoder: bool,
+                   group_size: int = 1) -> list[Any]:
+    """What the model reads: text pairs stay pairs for encoders (the tokenizer's pair encoding)
+    and become one string for decoders (the pair template); groups (reward: chosen, rejected)
+    become their texts one after the other, each scored on its own.
+
+    >>> as_model_texts([("犬", "猫")], ["a", "b"], None, is_decoder=True)
+    ['犬\\n猫']
+    """
+    if not texts or not isinstance(texts[0], tuple):
+        return texts  # single texts (also: a reward model scoring texts one by one)
+    if group_size > 1:
+        return [text for group in texts for text in group]
+    if text_fields and is_decoder:
+        return [pair_as_text(t, text_fields, template) for t in texts]
+    return texts

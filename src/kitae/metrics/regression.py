@@ -48,7 +48,7 @@ def pearson(x: ArrayLike, y: ArrayLike) -> float:
     """Pearson correlation; nan when either side is constant.
 
     >>> round(pearson([1, 2, 3, 4], [2, 4, 6, 9]), 6)
-    0.991241
+    0.994377
     """
     a, b = _pair(x, y)
     a, b = a - a.mean(), b - b.mean()

@@ -1,0 +1,123 @@
+"""From a config to the examples of every split: read rows, fix the label space, expand
+preference pairs, split (a published split file, given dev/test files, or a seeded stratified
+split), take subsets. Every input error surfaces here, before anything is written."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from kitae.config import RunConfig, SplitConfig
+from kitae.data.examples import Example, build_examples
+from kitae.data.readers import Row, read_rows
+from kitae.data.splits import stratified_split
+from kitae.errors import DataError
+from kitae.tasks import get_task_class
+from kitae.tasks.base import Task
+
+logger = logging.getLogger("kitae")
+
+
+def prepare_data(config: RunConfig) -> tuple[Task, dict[str, list[Example]]]:
+    """Rows -> label space -> examples -> splits; every input error surfaces here."""
+    task_class = get_task_class(config.task)
+    train_rows = read_rows(config.data.train)
+    task = task_class(config, task_class.fit_labels(_expand(train_rows, config.data), config))
+    train, dev, test = _load_splits(config, task, train_rows)
+    examples = {name: split for name, split in (("train", train), ("dev", dev), ("test", test)) if split}
+    task.fit_train([e.target for e in train])
+    return task, examples
+
+
+
+
+def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[Example], list[Example] | None,
+                                                                             list[Example] | None]:
+    data = config.data
+
+    def build(rows: list, name: str) -> list[Example] | None:
+        return build_examples(_expand(rows, data), data, task.encode_target, name) if rows else None
+
+    if data.split_file is not None:
+        train_rows, dev_rows, test_rows = _rows_by_split_file(train_rows, data.split_file, data.id_field)
+        return _subsets(config, task, build(train_rows, "train"), build(dev_rows, "dev"), build(test_rows, "test"))
+    dev = build(read_rows(data.dev), "dev") if data.dev else None
+    test = build(read_rows(data.test), "test") if data.test else None
+    split = data.split
+    if split is None and dev is None:
+        split = SplitConfig()  # the sound default: hold out 10% of train (stratified) to select on
+        logger.info("no dev file: holding out %.0f%% of train as dev (seed %d)", 100 * split.dev, split.seed)
+    if split is not None and data.from_preference:
+        # Split whole pairs (chosen and rejected of one row never straddle splits); every pair
+        # gives one example of each label, so there is nothing to stratify.
+        fractions = [split.dev if dev is None else 0.0, split.test if test is None else 0.0]
+        parts = stratified_split(train_rows, [0] * len(train_rows), fractions, split.seed, stratify=False)
+        dev = dev if dev is not None else build(parts[1], "dev")
+        test = test if test is not None else build(parts[2], "test")
+        return _subsets(config, task, build(parts[0], "train"), dev, test)
+    train = build(train_rows, "train")
+    if split is not None:
+        fractions = [split.dev if dev is None else 0.0, split.test if test is None else 0.0]
+        train, dev_part, test_part = task.split(train, fractions, split.seed, split.stratify)
+        dev = dev if dev is not None else (dev_part or None)
+        test = test if test is not None else (test_part or None)
+    return _subsets(config, task, train, dev, test)
+
+
+def _expand(rows: list, data: Any) -> list:
+    """Preference rows -> two rows each (chosen, rejected); other data is returned as it is."""
+    if not data.from_preference:
+        return rows
+    expanded = []
+    for row in rows:
+        for column, label in ((data.chosen_field, "chosen"), (data.rejected_field, "rejected")):
+            if column not in row.values:
+                raise row.error("missing column of preference data", column)
+            values = {**row.values, data.text_field: row.values[column], data.label_field: label}
+            if row.values.get(data.id_field) not in (None, ""):
+                values[data.id_field] = f"{row.values[data.id_field]}-{label}"
+            expanded.append(Row(values, row.path, row.line))
+    return expanded
+
+
+def _rows_by_split_file(rows: list, split_file: Path, id_field: str) -> tuple[list, list, list]:
+    try:
+        ids = json.loads(Path(split_file).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not valid JSON: {exc.msg}", path=split_file, line=exc.lineno) from None
+    if not isinstance(ids, dict) or not isinstance(ids.get("train"), list):
+        raise DataError("expected an object with a list of ids under 'train' (and 'dev', 'test')", path=split_file)
+    by_id = {}
+    for row in rows:
+        if id_field not in row.values:
+            raise row.error("missing id column (data.split_file selects rows by id)", id_field)
+        by_id[str(row.values[id_field])] = row
+    parts = []
+    for name in ("train", "dev", "test"):
+        unknown = [i for i in ids.get(name, []) if str(i) not in by_id]
+        if unknown:
+            raise DataError(f"{len(unknown)} ids of '{name}' are not in {rows[0].path} "
+                            f"(first: {unknown[0]!r})", path=split_file, field=name)
+        parts.append([by_id[str(i)] for i in ids.get(name, [])])
+    return parts[0], parts[1], parts[2]
+
+
+def _subsets(config: RunConfig, task: Task, train: list[Example], dev: list[Example] | None,
+             test: list[Example] | None) -> tuple[list[Example], list[Example] | None, list[Example] | None]:
+    data = config.data
+    seed = config.training.seed
+    if data.max_train_examples:
+        train = _subset(task, train, data.max_train_examples, seed)
+    if data.max_eval_examples:
+        dev = dev and _subset(task, dev, data.max_eval_examples, seed)
+        test = test and _subset(task, test, data.max_eval_examples, seed)
+    return train, dev, test
+
+
+def _subset(task: Task, examples: list[Example], size: int, seed: int) -> list[Example]:
+    """A stratified subset of exactly `size` examples (all of them when there are fewer)."""
+    if size >= len(examples):
+        return examples
+    return task.split(examples, [size / len(examples)], seed)[1]
