@@ -139,3 +139,10 @@ def test_multilabel_learns_and_predict_applies_tuned_thresholds(tiny_models, ml_
     evaluated = json.loads((run / "eval-test" / "metrics.json").read_text())
     assert evaluated["micro_f1"] == test["micro_f1"]
     assert CliRunner().invoke(app, ["predict", str(run), str(ml_files["test"]), "-o", str(out)]).exit_code == 0
+    out_csv = tmp_path / "pred.csv"
+    assert CliRunner().invoke(app, ["predict", str(run), str(ml_files["test"]), "-o", str(out_csv)]).exit_code == 0
+    import csv
+
+    first = next(csv.DictReader(out_csv.open(encoding="utf-8")))
+    assert set(first) >= {"id", "gold", "predicted", *(f"p_{c}" for c in CATEGORIES)}
+    assert all(label in CATEGORIES for label in first["predicted"].split("|") if label)

@@ -112,9 +112,7 @@ class Classifier:
                                                [e.target for e in examples] if has_labels else None)
         output = Path(output)
         if output.suffix.lower() in (".csv", ".tsv"):
-            flat = [{k: v for k, v in r.items() if k != "probabilities"}
-                    | {f"p_{label}": p for label, p in r["probabilities"].items()} for r in records]
-            write_csv(output, flat)
+            write_csv(output, [_flat_record(r) for r in records])
         else:
             write_jsonl(output, records)
         return len(records)
@@ -133,6 +131,21 @@ class Classifier:
         write_jsonl(out / "predictions.jsonl", self.task.prediction_records([e.id for e in examples], logits, targets))
         self.task.write_reports(out, "eval", targets, logits)
         return metrics
+
+
+def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row: lists of labels joined with '|', per-label values as p_<label> columns."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "probabilities":
+            flat.update({f"p_{label}": p for label, p in value.items()})
+        elif isinstance(value, list):
+            flat[key] = "|".join(map(str, value))
+        elif isinstance(value, dict):
+            flat.update({f"{key}_{name}": v for name, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
 
 
 def load(run_dir: str | Path, device: str = "auto", batch_size: int = 32) -> Classifier:
