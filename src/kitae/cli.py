@@ -234,7 +234,8 @@ def data_analyze(
 
 def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
     wanted = ["accuracy", "subset_accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1",
-              "weighted_f1", "samples_f1", "hamming_loss", "roc_auc", "macro_roc_auc", "log_loss", "n"]
+              "weighted_f1", "samples_f1", "hamming_loss", "roc_auc", "macro_roc_auc", "log_loss",
+              "rmse", "mae", "r2", "pearson", "spearman", "pairwise_accuracy", "mean_margin", "n"]
     names = [name for name in wanted if any(name in values for values in metrics.values())]
     table = Table(title="metrics (selected model)")
     table.add_column("metric")
