@@ -64,6 +64,9 @@ def test_run_directory_and_reload_gives_identical_logits(tiny_models, separable_
     clf = kitae.load(run, batch_size=cfg["training"]["batch_size"] * 2)
     texts = [json.loads(line)["text"] for line in separable_data["test"].read_text().splitlines()]
     np.testing.assert_array_equal(clf.logits(texts), result.logits["test"])
+    # Dev logits are reused from the selected epoch's evaluation: they equal a fresh computation.
+    dev_texts = [json.loads(line)["text"] for line in separable_data["dev"].read_text().splitlines()]
+    np.testing.assert_array_equal(clf.logits(dev_texts), result.logits["dev"])
     predictions = clf.predict(texts[:3])
     assert all(p.label in clf.labels and abs(sum(p.probabilities.values()) - 1) < 1e-6 for p in predictions)
 

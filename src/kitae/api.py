@@ -48,7 +48,7 @@ from kitae.runs import (
 )
 from kitae.tasks.base import Task
 from kitae.training.callbacks import Callback, EpochLogger, HistoryWriter, ProgressBar
-from kitae.training.checkpoint import load_best
+from kitae.training.checkpoint import BEST_DEV_LOGITS, load_best
 from kitae.training.loop import Batching, fit, predict_logits
 
 __all__ = ["Classifier", "Prediction", "TrainResult", "load", "prepare_data", "train"]
@@ -149,7 +149,9 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
     load_best(checkpoint_dir / "best", classifier)
     metrics: dict[str, dict[str, Any]] = {}
     eval_batch = training.eval_batch_size or 2 * training.batch_size
-    all_logits = {name: predict_logits(classifier, splits[name], eval_batch, plan, batching)
+    best_dev = checkpoint_dir / "best" / BEST_DEV_LOGITS
+    all_logits = {name: np.load(best_dev) if name == "dev" and best_dev.is_file()
+                  else predict_logits(classifier, splits[name], eval_batch, plan, batching)
                   for name in ("dev", "test") if name in splits}
     task.fit_after_training(splits["dev"].targets if "dev" in splits else None, all_logits.get("dev"))
     for name, logits in all_logits.items():

@@ -105,6 +105,16 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     return LoopState(**json.loads((folder / "loop.json").read_text(encoding="utf-8")))
 
 
+BEST_DEV_LOGITS = "dev_logits.npy"
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, path)
+
+
 def save_best(folder: Path, model: nn.Module) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

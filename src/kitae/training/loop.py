@@ -31,10 +31,12 @@ from kitae.models.precision import PrecisionPlan
 from kitae.tasks.base import Task
 from kitae.training.callbacks import Callback, memory_snapshot
 from kitae.training.checkpoint import (
+    BEST_DEV_LOGITS,
     LoopState,
     find_checkpoint,
     load_checkpoint,
     rng_state,
+    save_array,
     save_best,
     save_checkpoint,
 )
@@ -198,6 +200,10 @@ def _end_of_epoch(classifier: SequenceClassifier, task: Task, dev: EncodedSplit 
         loop.best_metric, loop.best_epoch = current, loop.epoch + 1
         loop.epochs_without_improvement = 0
         save_best(best_dir, classifier)
+        if dev is not None:
+            # The selected model's dev logits: the final report reuses them instead of running
+            # the whole dev set through the model a second time.
+            save_array(best_dir / BEST_DEV_LOGITS, logits)
     else:
         loop.epochs_without_improvement += 1
         patience = training.early_stopping_patience
