@@ -59,7 +59,7 @@ def test_gemma_from_pypi_gguf_fine_tunes_and_reloads(tmp_path):
 
 @pytest.mark.skipif(not E5.is_dir(), reason=f"shared encoder not found at {E5} (needs ../shared)")
 def test_shared_encoder_full_fine_tune_learns(tmp_path):
-    files = _subset_files(tmp_path, n_train=150, n_eval=50)
+    files = _subset_files(tmp_path, n_train=100, n_eval=50)
     cfg = {
         "task": "single_label",
         "data": {k: str(v) for k, v in files.items()},
@@ -83,7 +83,7 @@ def test_livedoor_subset_with_shared_encoder_lora(tmp_path):
     cfg = {
         "task": "single_label",
         "data": {"train": str(LIVEDOOR / "data.jsonl"), "split_file": str(LIVEDOOR / "split_seed42.json"),
-                 "template": "{title}\n{body}", "max_train_examples": 180, "max_eval_examples": 90},
+                 "template": "{title}\n{body}", "max_train_examples": 180, "max_eval_examples": 54},
         "model": {"name": str(E5), "max_length": 64},
         "adapter": {"type": "lora", "r": 16, "alpha": 32},
         "training": {"lr": 3e-3, "epochs": 2, "batch_size": 16, "checkpoint_every_minutes": None},
@@ -91,7 +91,7 @@ def test_livedoor_subset_with_shared_encoder_lora(tmp_path):
     }
     result = kitae.train(config_from_dict(cfg), progress=False)
     test = result.metrics["test"]
-    assert test["n"] == 90 and len(test["per_class"]) == 9
+    assert test["n"] == 54 and len(test["per_class"]) == 9
     # 9 classes: chance ~11% (majority class 12%). 180 rows, 64 tokens and 24 LoRA updates
     # already give ~0.49 here; the bar leaves room for CPU-to-CPU numeric differences.
     assert test["accuracy"] >= 0.3, test
