@@ -81,3 +81,50 @@ def test_bad_target_names_row_and_field(tmp_path):
     with pytest.raises(DataError, match=r"line 2, field 'score': expected a number"):
         prepare_data(cfg)
     assert cfg.training.select_metric == "rmse"  # the regression default
+
+
+def similarity_rows(n: int, seed: int) -> list[dict]:
+    """A 0-5 similarity of two texts: 5 x the share of text_b's characters on text_a's topic."""
+    rng = random.Random(seed)
+    topics = list(CLASS_CHARS)
+    rows = []
+    for i in range(n):
+        topic = rng.choice(topics)
+        a = "".join(rng.choice(CLASS_CHARS[topic]) for _ in range(rng.randint(4, 8)))
+        share = rng.random()
+        b = [rng.choice(CLASS_CHARS[topic]) if rng.random() < share else rng.choice(FILLER)
+             for _ in range(rng.randint(6, 12))]
+        score = 5 * sum(c in CLASS_CHARS[topic] for c in b) / len(b)
+        rows.append({"text_a": a, "text_b": "".join(b), "relatedness": round(score, 3)})
+    return rows
+
+
+def test_regression_on_text_pairs_uses_the_pair_encoding(tiny_models, tmp_path):
+    """Similarity scores (JSICK relatedness, STS) are regression over a text pair."""
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", similarity_rows(160, 1)),
+             "dev": write_jsonl(tmp_path / "dev.jsonl", similarity_rows(40, 2)),
+             "test": write_jsonl(tmp_path / "test.jsonl", similarity_rows(40, 3))}
+    cfg = tiny_config(tiny_models["bert"], files, tmp_path / "run", adapter={"type": "full"},
+                      data={"label_field": "relatedness", "text_fields": ["text_a", "text_b"],
+                            "normalize_targets": True},
+                      training={"epochs": 6, "lr": 3e-3})
+    cfg["task"] = "regression"
+    result = kitae.train(config_from_dict(cfg), progress=False)
+    assert result.metrics["test"]["pearson"] >= 0.7, result.metrics["test"]
+    clf = kitae.load(result.run_dir, batch_size=16)
+    rows = [json.loads(line) for line in files["test"].read_text().splitlines()]
+    pairs = [(r["text_a"], r["text_b"]) for r in rows]
+    np.testing.assert_array_equal(clf.logits(pairs), result.logits["test"])
+    # Swapping the two texts changes the input (segment ids differ), so it is read as a pair.
+    swapped = clf.logits([(b, a) for a, b in pairs])
+    assert not np.allclose(swapped, result.logits["test"])
+
+
+def test_text_fields_need_two_columns():
+    from kitae.errors import ConfigError
+
+    base = {"task": "regression", "data": {"train": "t.jsonl", "label_field": "s"},
+            "model": {"name": "m"}, "output": "o"}
+    base["data"]["text_fields"] = ["a", "b", "c"]
+    with pytest.raises(ConfigError, match="exactly 2 columns"):
+        config_from_dict(base, check_files=False)

@@ -53,9 +53,10 @@ class DataConfig(Section):
     text_field: str = Field("text", description="Column holding the text (when no template).")
     text_fields: list[str] | None = Field(
         None,
-        description="task pair: the two columns of a text pair (default [text_a, text_b]). Encoders "
-        "read them as the tokenizer's pair encoding; decoders through `template` (default "
-        "'{text_a}\\n{text_b}'), which may name only these two columns.",
+        description="the two columns of a text pair (task pair: default [text_a, text_b]; also for "
+        "regression, e.g. similarity scores, and multi_label). Encoders read them as the "
+        "tokenizer's pair encoding; decoders through `template` (default '{text_a}\\n{text_b}'), "
+        "which may name only these two columns.",
     )
     template: str | None = Field(
         None,
@@ -290,13 +291,15 @@ class RunConfig(Section):
         if self.task == "reward":
             # Each example is the (chosen, rejected) texts of one row, scored one by one.
             self.data.text_fields = [self.data.chosen_field, self.data.rejected_field]
-        elif self.task == "pair":
-            if self.data.text_fields is None:
-                self.data.text_fields = ["text_a", "text_b"]
+            return self
+        if self.task == "pair" and self.data.text_fields is None:
+            self.data.text_fields = ["text_a", "text_b"]
+        if self.data.text_fields is not None:
+            if self.data.from_preference:
+                raise ValueError("data.text_fields: from_preference reads chosen_field / rejected_field; "
+                                 "drop text_fields")
             if len(self.data.text_fields) != 2:
                 raise ValueError(f"data.text_fields: a pair needs exactly 2 columns, got {self.data.text_fields}")
-        elif self.data.text_fields is not None:
-            raise ValueError("data.text_fields is for task: pair (use text_field or template otherwise)")
         return self
 
     @model_validator(mode="after")
