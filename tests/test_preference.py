@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from conftest import CLASS_CHARS, FILLER, write_jsonl
 
 from kitae.api import prepare_data
 from kitae.config import config_from_dict
+from kitae.errors import DataError
 
 
 def preference_rows(n: int, seed: int) -> list[dict]:
@@ -35,3 +37,18 @@ def test_each_pair_becomes_two_examples_in_the_same_split(tmp_path):
         assert sum(e.target for e in split) == len(split) // 2  # half chosen (1), half rejected (0)
     first = next(e for e in examples["train"] if e.id.endswith("-chosen"))
     assert first.text == next(r for r in preference_rows(50, 1) if r["id"] == first.id[:-7])["chosen"]
+
+
+def test_from_preference_with_a_prompt_makes_prompt_response_pairs(tmp_path):
+    rows = [{"id": f"p{i}", "prompt": f"問{i}", "chosen": f"良{i}", "rejected": f"悪{i}"} for i in range(10)]
+    path = write_jsonl(tmp_path / "pref.jsonl", rows)
+    cfg = config_from_dict({"data": {"train": str(path), "from_preference": True, "prompt_field": "prompt",
+                                     "split": {"dev": 0.2, "test": 0.0}},
+                            "model": {"name": "m"}, "output": "o"})
+    task, examples = prepare_data(cfg)
+    texts = {e.id: e.text for split in examples.values() for e in split}
+    assert texts["p3-chosen"] == ("問3", "良3") and texts["p3-rejected"] == ("問3", "悪3")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "x", "chosen": "良", "rejected": "悪"}])
+    cfg.data.train = bad
+    with pytest.raises(DataError, match=r"line 1, field 'prompt': missing column"):
+        prepare_data(cfg)

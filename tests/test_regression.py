@@ -88,7 +88,7 @@ def similarity_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     topics = list(CLASS_CHARS)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         topic = rng.choice(topics)
         a = "".join(rng.choice(CLASS_CHARS[topic]) for _ in range(rng.randint(4, 8)))
         share = rng.random()

@@ -27,7 +27,6 @@ from kitae.config import RunConfig, config_to_dict, dump_yaml, load_config
 from kitae.data.batching import EncodedSplit, TrainBatches, encode_texts
 from kitae.data.examples import Example
 from kitae.data.prepare import prepare_data
-from kitae.data.templates import as_model_texts
 from kitae.errors import ConfigError, RunDirError
 from kitae.log import attach_run_log
 from kitae.models.adapters import apply_adapter, count_parameters
@@ -129,7 +128,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
                 config.adapter.type, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
 
     # 3. Tokenise once.
-    splits = {name: _encode(name, split, tokenizer, config, loaded.is_decoder, task.group_size)
+    splits = {name: _encode(name, split, tokenizer, task, loaded.is_decoder)
               for name, split in examples.items()}
     batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
 
@@ -242,10 +241,9 @@ def _prepare_run_dir(config: RunConfig, *, overwrite: bool, resume: bool) -> Pat
     return run_dir
 
 
-def _encode(name: str, examples: list[Example], tokenizer: Any, config: RunConfig, is_decoder: bool,
-            group_size: int = 1) -> EncodedSplit:
-    texts = as_model_texts([e.text for e in examples], config.data.text_fields, config.data.template, is_decoder,
-                           group_size)
+def _encode(name: str, examples: list[Example], tokenizer: Any, task: Task, is_decoder: bool) -> EncodedSplit:
+    texts, group_size = task.model_texts([e.text for e in examples], is_decoder)
+    config = task.config
     encoded = encode_texts(tokenizer, texts, config.model.max_length)
     if encoded.truncated:
         logger.warning("%s: %d of %d texts are longer than model.max_length=%d tokens and were truncated",

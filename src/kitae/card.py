@@ -18,7 +18,37 @@ from kitae.runs import read_json
 _LICENSES = {"pypi:gemma-3-270m": "gemma"}
 _HUB_NAMES = {"pypi:gemma-3-270m": "google/gemma-3-270m"}  # built-in names -> the hub model they are
 _HEADLINE = ("accuracy", "macro_f1", "micro_f1", "macro_precision", "macro_recall", "samples_f1", "subset_accuracy",
-             "roc_auc", "macro_roc_auc", "log_loss", "rmse", "mae", "pearson", "spearman")
+             "roc_auc", "macro_roc_auc", "log_loss", "rmse", "mae", "pearson", "spearman",
+             "pairwise_accuracy", "mean_margin")
+_KINDS = {"regression": "regression model", "reward": "reward model (one score per text)"}
+
+
+def _input_description(data: dict[str, Any]) -> str:
+    """What the model reads, in words: one column, a template, a text pair, or prompt + response."""
+    if data.get("prompt_field"):
+        return (f"the prompt (`{data['prompt_field']}`) and a response, read together"
+                + (f" through the template `{repr(data['template'])[1:-1]}`" if data.get("template") else " as a text pair"))
+    if data.get("text_fields"):
+        return (f"the text pair `{data['text_fields'][0]}` / `{data['text_fields'][1]}`"
+                + (f" through the template `{repr(data['template'])[1:-1]}`" if data.get("template") else ""))
+    if data.get("template"):
+        return f"template `{repr(data['template'])[1:-1]}`"
+    return f"column `{data['text_field']}`"
+
+
+def _usage_example(data: dict[str, Any], is_decoder: bool) -> tuple[str, str]:
+    """A kitae call and the plain-transformers tokenizer call for this run's input (a decoder
+    reads a pair through its template, an encoder as the tokenizer's pair encoding)."""
+    if data.get("prompt_field") or data.get("text_fields"):
+        first, second = ("質問", "回答") if data.get("prompt_field") else ("前提の文", "仮説の文")
+        kitae_call = f'clf.predict([("{first}", "{second}")])'
+        if not is_decoder:
+            return kitae_call, f'tok(["{first}"], ["{second}"], return_tensors="pt", padding=True)'
+        fields = [data["prompt_field"], data["text_field"]] if data.get("prompt_field") else data["text_fields"]
+        template = data.get("template")
+        text = template.format(**dict(zip(fields, (first, second)))) if template else f"{first}\n{second}"
+        return kitae_call, f'tok([{text!r}], return_tensors="pt", padding=True)'
+    return 'clf.predict(["テキスト"])', 'tok(["テキスト"], return_tensors="pt", padding=True)'
 
 
 def _fmt(value: Any) -> str:
@@ -69,7 +99,7 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
 
     lines = ["---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).rstrip(), "---", ""]
     lines += [f"# {Path(config['output']).name}", "",
-              f"A {task.replace('_', '-')} text classifier fine-tuned with kitae "
+              f"A {_KINDS.get(task, task.replace('_', '-') + ' text classifier')} fine-tuned with kitae "
               f"from `{base}` ({config['adapter']['type']}, pooling `{meta['pooling']}`).", ""]
     lines += ["## Labels", "", "| id | label |", "|---|---|"]
     lines += [f"| {i} | {label} |" for i, label in enumerate(labels)]
@@ -80,14 +110,15 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     lines += ["", "## Data", "",
               f"- train: `{Path(config['data']['train']).name}` ({summary.get('train_examples', '?')} examples used)",
               f"- dev: {metrics.get('dev', {}).get('n', '—')} examples; test: {metrics.get('test', {}).get('n', '—')} examples",
-              f"- text: {'template `' + repr(config['data']['template'])[1:-1] + '`' if config['data'].get('template') else 'column `' + config['data']['text_field'] + '`'}",
+              f"- input: {_input_description(config['data'])}",
               f"- token limit: {config['model']['max_length']} tokens (truncated: {summary.get('truncated', {})})"]
     history_path = run_dir / "history.csv"
     if history_path.is_file():
         rows = list(csv.DictReader(history_path.open(encoding="utf-8")))
         columns = [c for c in ("epoch", "train_loss", "dev_loss", "dev_accuracy", "dev_precision", "dev_macro_precision",
                                "dev_macro_recall", "dev_macro_f1", "dev_micro_f1", "dev_samples_f1", "dev_rmse",
-                               "dev_pearson", "dev_spearman") if rows and c in rows[0]]
+                               "dev_pearson", "dev_spearman", "dev_pairwise_accuracy", "dev_mean_margin")
+                   if rows and c in rows[0]]
         lines += ["", "## Training results (per epoch)", "", "| " + " | ".join(columns) + " |",
                   "|" + "---|" * len(columns)]
         for row in rows:
@@ -108,14 +139,15 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
         lines.append(f"- peft {peft.__version__}")
     except ImportError:
         pass
+    kitae_call, tokenizer_call = _usage_example(config["data"], is_decoder=meta["pooling"] == "last")
     lines += ["", "## How to use", "", "```python", "import kitae",
-              "clf = kitae.load(\"path/to/run\")", "clf.predict([\"テキスト\"])", "```"]
+              "clf = kitae.load(\"path/to/run\")", kitae_call, "```"]
     if exported == "merged":
         lines += ["", "Plain transformers (no kitae needed):", "", "```python",
                   "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
                   "tok = AutoTokenizer.from_pretrained(\"path/to/export\")",
                   "model = AutoModelForSequenceClassification.from_pretrained(\"path/to/export\")",
-                  "logits = model(**tok([\"テキスト\"], return_tensors=\"pt\", padding=True)).logits",
+                  f"logits = model(**{tokenizer_call}).logits",
                   "```"]
     return "\n".join(lines) + "\n"
 

@@ -78,6 +78,14 @@ class DataConfig(Section):
         "labelled 'chosen' and 'rejected' (pairs never straddle splits).",
     )
     chosen_field: str = Field("chosen", description="Column of the preferred text (preference data).")
+    prompt_field: str | None = Field(
+        None,
+        description="Preference data (task reward, from_preference): the column of the prompt both "
+        "texts answer, e.g. the question. Each response is read with it as a text pair (prompt, "
+        "response): the tokenizer's pair encoding for encoders, `template` for decoders (naming "
+        "this column and text_field, e.g. '質問: {prompt}\\n回答: {text}'). A response to score "
+        "alone is read from text_field.",
+    )
     rejected_field: str = Field("rejected", description="Column of the dispreferred text (preference data).")
     normalize_targets: bool = Field(
         False,
@@ -288,19 +296,39 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _pair_fields(self) -> RunConfig:
+        data = self.data
+        if data.prompt_field is not None and not (self.task == "reward" or data.from_preference):
+            raise ValueError("data.prompt_field is for preference data (task: reward, or data.from_preference); "
+                             "for other text pairs use data.text_fields")
         if self.task == "reward":
             # Each example is the (chosen, rejected) texts of one row, scored one by one.
-            self.data.text_fields = [self.data.chosen_field, self.data.rejected_field]
+            data.text_fields = [data.chosen_field, data.rejected_field]
+            self._check_pair_template([data.prompt_field, data.text_field] if data.prompt_field else None)
             return self
-        if self.task == "pair" and self.data.text_fields is None:
-            self.data.text_fields = ["text_a", "text_b"]
-        if self.data.text_fields is not None:
-            if self.data.from_preference:
-                raise ValueError("data.text_fields: from_preference reads chosen_field / rejected_field; "
-                                 "drop text_fields")
-            if len(self.data.text_fields) != 2:
-                raise ValueError(f"data.text_fields: a pair needs exactly 2 columns, got {self.data.text_fields}")
+        if data.from_preference:
+            # Each row becomes two examples whose response is in text_field (see prepare._expand).
+            expected = [data.prompt_field, data.text_field] if data.prompt_field else None
+            if data.text_fields not in (None, expected):
+                raise ValueError("data.text_fields: from_preference reads chosen_field / rejected_field "
+                                 "(and prompt_field); drop text_fields")
+            data.text_fields = expected
+        if self.task == "pair" and data.text_fields is None:
+            data.text_fields = ["text_a", "text_b"]
+        if data.text_fields is not None and len(data.text_fields) != 2:
+            raise ValueError(f"data.text_fields: a pair needs exactly 2 columns, got {data.text_fields}")
+        self._check_pair_template(data.text_fields)
         return self
+
+    def _check_pair_template(self, pair_fields: list[str] | None) -> None:
+        """A pair's template (read by decoders) may name only the pair's two columns."""
+        from kitae.data.templates import template_fields
+
+        if pair_fields is None or self.data.template is None:
+            return
+        unknown = [f for f in template_fields(self.data.template) if f not in pair_fields]
+        if unknown:
+            raise ValueError(f"data.template: names {', '.join(unknown)}, but a text pair's template may "
+                             f"name only its two columns: {{{pair_fields[0]}}} and {{{pair_fields[1]}}}")
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> RunConfig:

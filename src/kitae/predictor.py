@@ -7,6 +7,7 @@ or re-reads the training data; everything comes from the run directory.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ from kitae.config import read_saved_config
 from kitae.data.batching import EncodedSplit, encode_texts
 from kitae.data.examples import Example, build_examples
 from kitae.data.readers import Row, read_rows
-from kitae.data.templates import as_model_texts, render_text
 from kitae.errors import DataError, RunDirError
 from kitae.models.persist import load_classifier
 from kitae.runs import MODEL_DIR, require_finished_run, write_csv, write_json, write_jsonl
@@ -57,19 +57,19 @@ class Classifier:
             self._task.load_state(self.meta.get("task_state", {}))
         return self._task
 
-    def logits(self, texts: list[str] | list[tuple[str, str]], progress: bool = False) -> np.ndarray:
-        """Raw logits (n, num_labels) for texts (or text pairs), exactly as the run computed them."""
-        data = self.meta["data"]
+    def logits(self, texts: Sequence[Any], progress: bool = False) -> np.ndarray:
+        """Raw logits (n, num_labels) for texts (or text pairs), exactly as the run computed them.
+        Reward models: one score per text or (prompt, response) pair, or two per
+        (chosen, rejected) group."""
         texts = list(texts)
-        group = self.task.group_size if texts and isinstance(texts[0], tuple) else 1
-        model_texts = as_model_texts(texts, data.get("text_fields"), data["template"], self.model.is_decoder, group)
+        model_texts, group = self.task.model_texts(texts, self.model.is_decoder)
         encoded = encode_texts(self.tokenizer, model_texts, self.meta["model"]["max_length"])
         split = EncodedSplit("input", [str(i) for i in range(len(texts))], encoded, None, group)
         return predict_logits(self.model, split, self.batch_size, self.plan, self._batching, progress)
 
-    def predict(self, texts: list[str] | list[tuple[str, str]] | list[dict[str, Any]]) -> list[Prediction]:
-        """Labels and probabilities. Give strings (pairs for task: pair), or dicts with the
-        columns the run read."""
+    def predict(self, texts: Sequence[Any]) -> list[Prediction]:
+        """Labels and probabilities (reward: scores). Give strings (pairs for text-pair runs,
+        (prompt, response) for prompted reward models), or dicts with the columns the run read."""
         if not texts:
             return []
         if isinstance(texts[0], dict):
@@ -79,10 +79,8 @@ class Classifier:
         return [Prediction(decision, {label: float(v) for label, v in zip(self.labels, p)})
                 for decision, p in zip(self.task.predicted_labels(logits), probs)]
 
-    def _render(self, values: dict[str, Any]) -> str | tuple[str, str]:
-        data = self.meta["data"]
-        return render_text(Row(values, Path("<input>"), 0), template=data["template"], text_field=data["text_field"],
-                           text_fields=data.get("text_fields"))
+    def _render(self, values: dict[str, Any]) -> Any:
+        return self.task.render(Row(values, Path("<input>"), 0))
 
     def _read(self, path: Path, require_labels: bool) -> tuple[list[Example], bool]:
         rows = read_rows(path)
@@ -93,7 +91,7 @@ class Classifier:
             raise DataError("no label column: evaluate needs labelled data", path=path,
                             field=data.label_field if data else "label")
         encode = self.task.encode_target if has_labels else (lambda row: None)
-        return build_examples(rows, self.config.data, encode, Path(path).stem), has_labels
+        return build_examples(rows, self.config.data, encode, Path(path).stem, self.task.render), has_labels
 
     def predict_file(self, path: str | Path, output: str | Path) -> int:
         """Predict every row of a data file; write JSONL or CSV (by suffix) with id, predicted,
@@ -105,7 +103,8 @@ class Classifier:
                 raise
             # A gold column with labels the model does not know is no reason not to predict.
             logger.warning("ignoring the label column for predict: %s", exc)
-            examples = build_examples(read_rows(path), self.config.data, lambda row: None, Path(path).stem)
+            examples = build_examples(read_rows(path), self.config.data, lambda row: None, Path(path).stem,
+                                      self.task.render)
             has_labels = False
         logits = self.logits([e.text for e in examples], progress=True)
         records = self.task.prediction_records([e.id for e in examples], logits,

@@ -14,18 +14,20 @@ from kitae.data.templates import render_text
 @dataclass(frozen=True)
 class Example:
     id: str
-    text: str | tuple[str, str]  # a pair for task: pair
+    text: Any  # a string; a (first, second) pair; reward: (chosen, rejected), each maybe (prompt, response)
     target: Any  # task-defined: a class index for single_label
     row: Row
 
 
 def build_examples(rows: list[Row], data: DataConfig, encode_target: Callable[[Row], Any],
-                   split: str) -> list[Example]:
-    """Render text and encode the target of every row; ids default to '<split>-<line>'."""
+                   split: str, render: Callable[[Row], Any] | None = None) -> list[Example]:
+    """Render text (with `render`, default: the data section's text_field / template /
+    text_fields) and encode the target of every row; ids default to '<split>-<line>'."""
     examples = []
     seen_ids: set[str] = set()
     for row in rows:
-        text = render_text(row, template=data.template, text_field=data.text_field, text_fields=data.text_fields)
+        text = (render(row) if render is not None else
+                render_text(row, template=data.template, text_field=data.text_field, text_fields=data.text_fields))
         raw_id = row.values.get(data.id_field)
         example_id = f"{split}-{row.line}" if raw_id is None or raw_id == "" else str(raw_id)
         if example_id in seen_ids:

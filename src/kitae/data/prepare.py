@@ -38,7 +38,7 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
     data = config.data
 
     def build(rows: list, name: str) -> list[Example] | None:
-        return build_examples(_expand(rows, data), data, task.encode_target, name) if rows else None
+        return build_examples(_expand(rows, data), data, task.encode_target, name, task.render) if rows else None
 
     if data.split_file is not None:
         train_rows, dev_rows, test_rows = _rows_by_split_file(train_rows, data.split_file, data.id_field)

@@ -58,19 +58,16 @@ def pair_as_text(pair: tuple[str, str], text_fields: list[str], template: str | 
     return template.format(**dict(zip(text_fields, pair)))
 
 
-def as_model_texts(texts: list[Any], text_fields: list[str] | None, template: str | None, is_decoder: bool,
-                   group_size: int = 1) -> list[Any]:
+def as_model_texts(texts: list[Any], text_fields: list[str] | None, template: str | None,
+                   is_decoder: bool) -> list[Any]:
     """What the model reads: text pairs stay pairs for encoders (the tokenizer's pair encoding)
-    and become one string for decoders (the pair template); groups (reward: chosen, rejected)
-    become their texts one after the other, each scored on its own.
+    and become one string for decoders (the pair template).
 
     >>> as_model_texts([("犬", "猫")], ["a", "b"], None, is_decoder=True)
     ['犬\\n猫']
+    >>> as_model_texts([("犬", "猫")], ["a", "b"], None, is_decoder=False)
+    [('犬', '猫')]
     """
-    if not texts or not isinstance(texts[0], tuple):
-        return texts  # single texts (also: a reward model scoring texts one by one)
-    if group_size > 1:
-        return [text for group in texts for text in group]
-    if text_fields and is_decoder:
+    if text_fields and is_decoder and texts and isinstance(texts[0], tuple):
         return [pair_as_text(t, text_fields, template) for t in texts]
     return texts

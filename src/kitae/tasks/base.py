@@ -28,6 +28,22 @@ class Task(ABC):
         self.config = config
         self.labels = labels
 
+    # --- input ----------------------------------------------------------------------------
+    def render(self, row: Row) -> Any:
+        """The text of one row (a pair with data.text_fields); errors name file, line and field."""
+        from kitae.data.templates import render_text
+
+        data = self.config.data
+        return render_text(row, template=data.template, text_field=data.text_field, text_fields=data.text_fields)
+
+    def model_texts(self, texts: Sequence[Any], is_decoder: bool) -> tuple[list[Any], int]:
+        """What the tokenizer encodes for these examples' texts, and how many sequences each
+        example has (the group size: reward pairs are two)."""
+        from kitae.data.templates import as_model_texts
+
+        data = self.config.data
+        return as_model_texts(list(texts), data.text_fields, data.template, is_decoder), 1
+
     # --- labels ---------------------------------------------------------------------------
     @classmethod
     @abstractmethod

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from kitae.config import RunConfig
 from kitae.data.readers import Row
-from kitae.errors import ConfigError
+from kitae.data.templates import pair_as_text, render_text
+from kitae.errors import ConfigError, DataError
 from kitae.tasks.base import Task
 
 
@@ -49,7 +50,44 @@ class RewardTask(Task):
     def target_columns(self) -> list[str]:
         return list(self.config.data.text_fields or [])
 
+    def render(self, row: Row) -> Any:
+        """(chosen, rejected) — each a (prompt, response) pair when data.prompt_field is set. A
+        row with neither column is one response to score (prediction), read from text_field."""
+        data = self.config.data
+        prompt = render_text(row, template=None, text_field=data.prompt_field) if data.prompt_field else None
+        if data.chosen_field in row.values or data.rejected_field in row.values:
+            responses = [render_text(row, template=None, text_field=f) for f in (data.chosen_field, data.rejected_field)]
+        else:
+            responses = [render_text(row, template=None, text_field=data.text_field)]
+        if prompt is not None:
+            responses = [(prompt, response) for response in responses]
+        return tuple(responses) if len(responses) == 2 else responses[0]
+
+    def model_texts(self, texts: Sequence[Any], is_decoder: bool) -> tuple[list[Any], int]:
+        """Groups (chosen, rejected) become their two texts one after the other, each scored on
+        its own; (prompt, response) pairs are the tokenizer's pair encoding for encoders and the
+        template for decoders."""
+        data = self.config.data
+        texts = list(texts)
+        if not texts:
+            return texts, 1
+        prompted = data.prompt_field is not None
+        grouped = isinstance(texts[0], tuple) and (not prompted or isinstance(texts[0][0], tuple))
+        flat = [text for group in texts for text in group] if grouped else texts
+        if prompted:
+            if not all(isinstance(t, tuple) and len(t) == 2 for t in flat):
+                raise DataError(f"this reward model reads each response with its prompt: give "
+                                f"(prompt, response) pairs, or rows with '{data.prompt_field}' and "
+                                f"'{data.text_field}' (or '{data.chosen_field}' / '{data.rejected_field}')")
+            if is_decoder:
+                flat = [pair_as_text(t, [data.prompt_field, data.text_field], data.template) for t in flat]
+        return flat, self.group_size if grouped else 1
+
     def encode_target(self, row: Row) -> int:
+        data = self.config.data
+        for column in (data.chosen_field, data.rejected_field):
+            if column not in row.values:
+                raise row.error("missing column of preference data", column)
         return 1  # the first text of each group is the preferred one
 
     def split(self, items: Sequence[Any], fractions: Sequence[float], seed: int,
