@@ -52,3 +52,33 @@ def test_single_label_analysis_from_a_data_file(tmp_path):
     assert result.exit_code == 0, result.output
     rates = {r["label"]: int(r["count"]) for r in csv.DictReader((tmp_path / "an" / "label_rates.csv").open())}
     assert rates == {"天気": 20, "経済": 10}
+
+
+def test_pair_regression_and_reward_analysis(tmp_path, tiny_models):
+    """Lengths are those of what the model reads: the tokenizer's pair, and each reward text."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    rows = [{"id": str(i), "text_a": "雨" * (i % 5 + 1), "text_b": "晴" * (i % 3 + 1), "score": float(i % 4),
+             "prompt": "問" * (i % 2 + 1), "chosen": "良" * 3, "rejected": "悪" * (i % 6 + 1)} for i in range(20)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    cases = {"regression": {"text_fields": ["text_a", "text_b"], "label_field": "score"},
+             "reward": {"prompt_field": "prompt"}}
+    for task, data_section in cases.items():
+        config = tmp_path / f"{task}.yaml"
+        config.write_text(json.dumps({"task": task, "data": {"train": str(data), "split": {"dev": 0.0},
+                                                             **data_section},
+                                      "model": {"name": str(tiny_models["bert"]), "max_length": 8},
+                                      "output": str(tmp_path / "run")}), encoding="utf-8")
+        result = CliRunner().invoke(app, ["data", "analyze", str(config), "-o", str(tmp_path / task)])
+        assert result.exit_code == 0, result.output
+        summary = json.loads((tmp_path / task / "summary.json").read_text())["splits"]["train"]
+        if task == "regression":
+            pairs = [(r["text_a"], r["text_b"]) for r in rows]
+            assert summary["targets"]["score"]["mean"] == 1.5 and summary["targets"]["score"]["max"] == 3.0
+        else:
+            pairs = [(r["prompt"], r[k]) for r in rows for k in ("chosen", "rejected")]
+        tokens = [len(tok(a, b)["input_ids"]) for a, b in pairs]
+        assert summary["tokens"]["max"] == max(tokens)
+        assert summary["tokens"]["over_max_length"] == sum(n > 8 for n in tokens)
+        assert not (tmp_path / task / "label_rates.csv").exists()

@@ -171,12 +171,13 @@ def data_analyze(
     source: Annotated[Path, typer.Argument(help="A YAML run config, or a data file (.jsonl/.csv/...).")],
     output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir", help="Default: analysis/<name>.")] = None,
     set_: SetOption = None,
-    task: Annotated[str, typer.Option(help="For a data file: single_label or multi_label.")] = "single_label",
+    task: Annotated[str, typer.Option(help="For a data file: single_label, multi_label, pair, regression or reward.")] = "single_label",
     text_field: Annotated[str, typer.Option(help="For a data file: the text column.")] = "text",
     label_field: Annotated[str, typer.Option(help="For a data file: the label (or label-list) column.")] = "label",
     model: Annotated[str | None, typer.Option(help="Tokenizer to count tokens with (default: the config's).")] = None,
 ) -> None:
-    """Label rates, labels per example, co-occurrence and token lengths, per split."""
+    """Label rates, labels per example, co-occurrence (regression: target statistics) and
+    token lengths, per split."""
     from kitae.config import config_from_dict, load_config
     from kitae.data.analysis import analyze
 
@@ -192,21 +193,12 @@ def data_analyze(
         config.model.name = model
     out = output_dir or Path("analysis") / source.stem
     report = analyze(config, out, tokenize=bool(model) or source.suffix.lower() in (".yaml", ".yml"))
-    rates = Table(title=f"label rates ({config.task})")
-    rates.add_column("label")
-    for split in report["splits"]:
-        rates.add_column(split, justify="right")
-    import csv
-
-    rows = list(csv.DictReader((out / "label_rates.csv").open(encoding="utf-8")))
-    for label in report["labels"]:
-        cells = []
-        for split in report["splits"]:
-            row = next(r for r in rows if r["split"] == split and r["label"] == label)
-            count = row.get("yes") or row.get("count")
-            cells.append(f"{count} ({float(row['rate']):.1%})")
-        rates.add_row(label, *cells)
-    console.print(rates)
+    if (out / "label_rates.csv").is_file():
+        _print_label_rates(out / "label_rates.csv", report)
+    for split, entry in report["splits"].items():
+        for label, stats in entry.get("targets", {}).items():
+            console.print(f"{label} ({split}): mean {stats['mean']}, std {stats['std']}, "
+                          f"range {stats['min']} to {stats['max']}")
     lengths = Table(title="lengths")
     lengths.add_column("split")
     for column in ("examples", "chars p50", "chars p95", "tokens p50", "tokens p95", "tokens max", "over max_length"):
@@ -229,7 +221,25 @@ def data_analyze(
         for label, row in zip(report["labels"], train["cooccurrence"]):
             cooc.add_row(label, *map(str, row))
         console.print(cooc)
-    console.print(f"report: [bold]{out}[/bold] (label_rates.csv/png, summary.json, token_lengths.png)")
+    console.print(f"report: [bold]{out}[/bold] ({', '.join(sorted(p.name for p in out.iterdir()))})")
+
+
+def _print_label_rates(path: Path, report: dict[str, Any]) -> None:
+    import csv
+
+    rates = Table(title=f"label rates ({report['task']})")
+    rates.add_column("label")
+    for split in report["splits"]:
+        rates.add_column(split, justify="right")
+    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    for label in report["labels"]:
+        cells = []
+        for split in report["splits"]:
+            row = next(r for r in rows if r["split"] == split and r["label"] == label)
+            count = row.get("yes") or row.get("count")
+            cells.append(f"{count} ({float(row['rate']):.1%})")
+        rates.add_row(label, *cells)
+    console.print(rates)
 
 
 def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:

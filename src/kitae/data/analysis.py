@@ -1,8 +1,9 @@
 """`kitae data analyze`: what the data looks like before training, per split.
 
 Label rates (per class, or per category yes/no for multi_label), how many labels each example
-has, which categories co-occur, and text lengths in characters and in the model's tokens — with
-how many texts `model.max_length` would truncate. Printed by the CLI; saved as CSV, JSON and PNG.
+has, which categories co-occur; target statistics for regression; and text lengths in characters
+and in the model's tokens (text pairs and prompt + response as the model reads them) — with how
+many texts `model.max_length` would truncate. Printed by the CLI; saved as CSV, JSON and PNG.
 """
 
 from __future__ import annotations
@@ -37,13 +38,21 @@ def analyze(config: RunConfig, output_dir: str | Path, tokenize: bool = True) ->
     output_dir = Path(output_dir)
     task, examples = prepare_data(config)
     multi = config.task == "multi_label"
-    tokenizer = None
+    has_classes = config.task in ("single_label", "pair", "multi_label")
+    tokenizer, is_decoder = None, False
     if tokenize:
-        from kitae.models.loading import load_tokenizer
+        from transformers import AutoConfig
+
+        from kitae.errors import KitaeError
+        from kitae.models.loading import is_encoder_config, load_tokenizer
         from kitae.models.sources import resolve_source
 
         source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
         tokenizer = load_tokenizer(source, config.model)
+        try:  # decoders read a text pair through the template, encoders as the tokenizer's pair
+            is_decoder = not is_encoder_config(AutoConfig.from_pretrained(source.path, revision=source.revision))
+        except (OSError, ValueError) as exc:
+            raise KitaeError(f"model.name: cannot read the config of '{source.path}': {exc}") from None
 
     report: dict[str, Any] = {"task": config.task, "labels": task.labels, "splits": {}}
     rate_rows: list[dict[str, Any]] = []
@@ -65,25 +74,36 @@ def analyze(config: RunConfig, output_dir: str | Path, tokenize: bool = True) ->
             plot_cooccurrence(cooc, task.labels, output_dir / f"cooccurrence_{name}.png",
                               title=f"{name}: co-occurrence (diagonal = positives)")
             entry["cooccurrence"] = cooc.tolist()
-        else:
+        elif has_classes:
             counts = np.bincount(y, minlength=len(task.labels))
             for label, count in zip(task.labels, counts):
                 rate_rows.append({"split": name, "label": label, "count": int(count),
                                   "rate": round(float(count / len(y)), 6)})
-        rates[name] = {r["label"]: r["rate"] for r in rate_rows if r["split"] == name}
-        chars = np.array([len(e.text) for e in split])
+        elif config.task == "regression":
+            values = np.stack([e.target for e in split]).astype(float)
+            entry["targets"] = {label: {"mean": round(float(v.mean()), 4), "std": round(float(v.std()), 4),
+                                        "min": float(v.min()), "max": float(v.max())}
+                                for label, v in zip(task.labels, values.T)}
+        if has_classes:
+            rates[name] = {r["label"]: r["rate"] for r in rate_rows if r["split"] == name}
+        # Lengths of what the model reads: a pair counts once, a reward pair as its two texts.
+        texts, _ = task.model_texts([e.text for e in split], is_decoder)
+        chars = np.array([sum(map(len, t)) if isinstance(t, tuple) else len(t) for t in texts])
         entry["characters"] = _length_stats(chars, None)
         if tokenizer is not None:
-            tokens = np.array([len(ids) for ids in tokenizer([e.text for e in split], truncation=False)["input_ids"]])
+            from kitae.data.batching import encode_texts
+
+            tokens = np.array([len(ids) for ids in encode_texts(tokenizer, texts, max_length=10**9).input_ids])
             entry["tokens"] = _length_stats(tokens, config.model.max_length)
             token_lengths[name] = tokens.tolist()
         report["splits"][name] = entry
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(output_dir / "label_rates.csv", rate_rows)
     write_json(output_dir / "summary.json", report)
-    plot_label_rates(rates, output_dir / "label_rates.png",
-                     title="positive rate per category" if multi else "class share")
+    if has_classes:
+        write_csv(output_dir / "label_rates.csv", rate_rows)
+        plot_label_rates(rates, output_dir / "label_rates.png",
+                         title="positive rate per category" if multi else "class share")
     if token_lengths:
         plot_length_histogram(token_lengths, config.model.max_length, output_dir / "token_lengths.png")
     return report
