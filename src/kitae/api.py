@@ -253,7 +253,8 @@ def _encode(name: str, examples: list[Example], tokenizer: Any, task: Task, is_d
 
 def _log_metrics(metrics: dict[str, dict[str, Any]]) -> None:
     for name, values in metrics.items():
-        shown = [k for k in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1") if k in values]
+        shown = [k for k in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1", "rmse", "pearson", "spearman",
+                             "pairwise_accuracy", "mean_margin") if k in values]
         logger.info("%s: %s", name, ", ".join(f"{k} {values[k]:.4f}" for k in shown))
 
 
