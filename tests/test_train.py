@@ -23,7 +23,7 @@ def _train(cfg: dict, **kwargs):
 
 
 @pytest.mark.parametrize("arch,adapter", [("llama_left", "lora"), ("gpt_neox", "lora"), ("gemma3", "lora"),
-                                          ("bert", "full"), ("deberta", "full"), ("llama", "full")])
+                                          ("bert", "full"), ("bert", "lora"), ("deberta", "full"), ("llama", "full")])
 def test_tiny_model_learns_separable_data(tiny_models, separable_data, tmp_path, arch, adapter):
     # A decoder in full fine-tuning also exercises gradient checkpointing.
     cfg = tiny_config(tiny_models[arch], separable_data, tmp_path / "run", adapter={"type": adapter},
