@@ -177,3 +177,21 @@ def test_kill_9_then_resume_gives_same_metrics(tiny_models, separable_data, tmp_
     for split in ("dev", "test"):
         assert saved[split]["log_loss"] == pytest.approx(full.metrics[split]["log_loss"], rel=1e-5)
         assert saved[split]["accuracy"] == full.metrics[split]["accuracy"]
+
+
+def test_a_collapsed_model_is_reported():
+    """One answer for every dev example (e.g. a too-high learning rate) is named, not hidden."""
+    from kitae.tasks.multi_label import MultiLabelTask
+    from kitae.tasks.single_label import SingleLabelTask
+
+    cfg = config_from_dict({"data": {"train": "t.jsonl"}, "model": {"name": "m"}, "output": "o"}, check_files=False)
+    single = SingleLabelTask(cfg, ["neutral", "entailment"])
+    assert single.collapse_warning([0, 1, 0], np.array([[2.0, 0.0], [1.0, 0.0], [3.0, 1.0]])) == \
+        "every example is predicted 'neutral'"
+    assert single.collapse_warning([0, 1, 0], np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])) is None
+    assert single.collapse_warning([0, 0], np.array([[2.0, 0.0], [1.0, 0.0]])) is None  # dev has one class
+    cfg.task = "multi_label"
+    multi = MultiLabelTask(cfg, ["a", "b"])
+    targets = [np.array([1, 0]), np.array([0, 1])]
+    assert multi.collapse_warning(targets, np.full((2, 2), -3.0)) is not None  # never any category
+    assert multi.collapse_warning(targets, np.array([[3.0, -3.0], [-3.0, -3.0]])) is None

@@ -153,6 +153,12 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
                   else predict_logits(classifier, splits[name], eval_batch, plan, batching)
                   for name in ("dev", "test") if name in splits}
     task.fit_after_training(splits["dev"].targets if "dev" in splits else None, all_logits.get("dev"))
+    warnings = []
+    if "dev" in all_logits and (collapse := task.collapse_warning(splits["dev"].targets, all_logits["dev"])):
+        warnings.append(f"dev: {collapse}: the model has not learned the task. A lower training.lr often helps "
+                        f"(LoRA on encoders about 5e-4, full fine-tuning 1e-5 to 5e-5), or class weights "
+                        f"(balance.class_weights) when one class dominates.")
+        logger.warning(warnings[-1])
     for name, logits in all_logits.items():
         split = splits[name]
         metrics[name] = task.metrics(split.targets, logits)
@@ -161,7 +167,8 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
     summary = {"selected_epoch": loop.best_epoch, "select_metric": training.select_metric,
                "epochs_run": len(loop.history), "stopped_early": loop.stopped_early,
                "train_seconds": round(loop.train_seconds, 2),
-               "train_examples": len(splits["train"]), "truncated": {n: s.encoded.truncated for n, s in splits.items()}}
+               "train_examples": len(splits["train"]), "truncated": {n: s.encoded.truncated for n, s in splits.items()},
+               "warnings": warnings}
     write_json(run_dir / "metrics.json", {**metrics, "summary": summary})
     write_json(run_dir / "labels.json", {"task": config.task, "labels": labels})
     meta = {"task": config.task, "labels": labels, "pooling": pooling,

@@ -126,6 +126,7 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
         lines += ["", f"Selected epoch: {summary.get('selected_epoch')} (dev `{summary.get('select_metric')}`)."]
     lines += ["", f"## {split_name.capitalize()} metrics (selected model)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(test[k])} |" for k in _HEADLINE if k in test]
+    lines += [f"\n**Warning:** {warning}" for warning in summary.get("warnings", [])]
     if (run_dir / f"confusion_matrix_{split_name}.png").is_file():
         lines += ["", f"![confusion matrix](confusion_matrix_{split_name}.png)"]
     lines += ["", "## Hyperparameters", "", "```yaml",

@@ -81,6 +81,11 @@ class Task(ABC):
     def state(self) -> dict[str, Any]:
         return {}
 
+    def collapse_warning(self, targets: Sequence[Any], logits: np.ndarray) -> str | None:
+        """A message when the selected model gives every dev example the same answer although
+        dev has several — the model has learned nothing. Default: no check."""
+        return None
+
     def load_state(self, state: dict[str, Any]) -> None:
         return None
 

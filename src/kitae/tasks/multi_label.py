@@ -238,6 +238,12 @@ class MultiLabelTask(Task):
         metrics["label_count_histogram"] = {str(k): v for k, v in label_cardinality_histogram(y_true).items()}
         return metrics
 
+    def collapse_warning(self, targets: Sequence[np.ndarray], logits: np.ndarray) -> str | None:
+        predicted = binarize(self.probabilities(logits), self.thresholds)
+        if np.stack(targets).any() and (predicted.all(axis=0) | ~predicted.any(axis=0)).all():
+            return "every example gets the same categories (often: none)"
+        return None
+
     def predicted_labels(self, logits: np.ndarray) -> list[list[str]]:
         predicted = binarize(self.probabilities(logits), self.thresholds)
         return [[label for label, on in zip(self.labels, row) if on] for row in predicted]

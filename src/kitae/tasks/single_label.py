@@ -126,6 +126,12 @@ class SingleLabelTask(Task):
                                                 torch.as_tensor(np.asarray(targets))).item())
         return metrics
 
+    def collapse_warning(self, targets: Sequence[int], logits: np.ndarray) -> str | None:
+        predicted = set(logits.argmax(axis=-1).tolist())
+        if len(predicted) == 1 and len(set(targets)) > 1:
+            return f"every example is predicted '{self.labels[predicted.pop()]}'"
+        return None
+
     def predicted_labels(self, logits: np.ndarray) -> list[str]:
         return [self.labels[int(i)] for i in logits.argmax(axis=-1)]
 
