@@ -52,3 +52,15 @@ def test_from_preference_with_a_prompt_makes_prompt_response_pairs(tmp_path):
     cfg.data.train = bad
     with pytest.raises(DataError, match=r"line 1, field 'prompt': missing column"):
         prepare_data(cfg)
+
+
+def test_subsets_of_preference_data_keep_whole_pairs(tmp_path):
+    path = write_jsonl(tmp_path / "pref.jsonl", preference_rows(50, 1))
+    cfg = config_from_dict({"data": {"train": str(path), "from_preference": True, "max_train_examples": 7,
+                                     "max_eval_examples": 3, "split": {"dev": 0.2, "test": 0.2, "seed": 3}},
+                            "model": {"name": "m"}, "output": "o"})
+    _, examples = prepare_data(cfg)
+    for name, pairs in (("train", 7), ("dev", 3), ("test", 3)):
+        split = examples[name]
+        ids = [e.id.rsplit("-", 1)[0] for e in split]
+        assert len(split) == 2 * pairs and len(set(ids)) == pairs  # both halves of every pair

@@ -97,7 +97,8 @@ class DataConfig(Section):
         description="Label names in order (index = class id). Default: the sorted labels of train.",
     )
     max_train_examples: int | None = Field(
-        None, gt=0, description="Use only this many training rows (a stratified subset)."
+        None, gt=0, description="Use only this many training rows (a stratified subset; preference "
+        "data: this many pairs, two examples each)."
     )
     max_eval_examples: int | None = Field(
         None, gt=0, description="Use only this many dev and test rows each (stratified subsets)."

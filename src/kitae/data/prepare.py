@@ -108,11 +108,12 @@ def _subsets(config: RunConfig, task: Task, train: list[Example], dev: list[Exam
              test: list[Example] | None) -> tuple[list[Example], list[Example] | None, list[Example] | None]:
     data = config.data
     seed = config.training.seed
+    subset = _pair_subset if data.from_preference else _subset
     if data.max_train_examples:
-        train = _subset(task, train, data.max_train_examples, seed)
+        train = subset(task, train, data.max_train_examples, seed)
     if data.max_eval_examples:
-        dev = dev and _subset(task, dev, data.max_eval_examples, seed)
-        test = test and _subset(task, test, data.max_eval_examples, seed)
+        dev = dev and subset(task, dev, data.max_eval_examples, seed)
+        test = test and subset(task, test, data.max_eval_examples, seed)
     return train, dev, test
 
 
@@ -121,3 +122,12 @@ def _subset(task: Task, examples: list[Example], size: int, seed: int) -> list[E
     if size >= len(examples):
         return examples
     return task.split(examples, [size / len(examples)], seed)[1]
+
+
+def _pair_subset(task: Task, examples: list[Example], size: int, seed: int) -> list[Example]:
+    """Preference data: `size` whole rows (pairs), i.e. both examples of each chosen row."""
+    rows = list(dict.fromkeys((e.row.path, e.row.line) for e in examples))
+    if size >= len(rows):
+        return examples
+    kept = set(stratified_split(rows, [0] * len(rows), [size / len(rows)], seed, stratify=False)[1])
+    return [e for e in examples if (e.row.path, e.row.line) in kept]
