@@ -175,7 +175,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
             "base_model": {"path": source.path, "gguf_file": source.gguf_file, "revision": source.revision},
             "model": config.model.model_dump(mode="json"), "adapter": config.adapter.model_dump(mode="json"),
             "data": {"template": config.data.template, "text_field": config.data.text_field,
-                     "text_fields": config.data.text_fields,
+                     "text_fields": config.data.text_fields, "prompt_field": config.data.prompt_field,
                      "label_field": config.data.label_field, "id_field": config.data.id_field},
             "task_state": task.state(), "kitae_version": __version__}
     save_classifier(classifier, tokenizer, run_dir / MODEL_DIR, meta)
