@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import tiny_config, write_jsonl
 from typer.testing import CliRunner
 
 import kitae
@@ -101,14 +101,70 @@ def test_resume_after_interrupt_gives_same_metrics(tiny_models, separable_data, 
     assert len(resumed_history) == len(full_history)
 
 
-def test_early_stopping_and_no_dev_split(tiny_models, separable_data, tmp_path):
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tiny_models, separable_data, tmp_path):
+    # A learning rate too small to change any prediction: dev accuracy never improves after
+    # epoch 1, so patience 2 stops the run after epoch 3 of 6 and keeps epoch 1.
     cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run",
-                      data={"dev": None, "split": {"dev": 0.2, "seed": 1}},
-                      training={"epochs": 6, "early_stopping_patience": 1, "lr": 5e-2})
+                      training={"epochs": 6, "early_stopping_patience": 2, "lr": 1e-12, "select_metric": "accuracy"})
+    result = _train(cfg)
+    summary = json.loads((result.run_dir / "metrics.json").read_text())["summary"]
+    assert summary["stopped_early"] is True
+    assert summary["epochs_run"] == 3 and summary["selected_epoch"] == result.best_epoch == 1
+    assert len((result.run_dir / "history.csv").read_text().splitlines()) == 1 + 3
+
+
+def test_without_a_dev_split_the_last_epoch_is_kept(tiny_models, separable_data, tmp_path):
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run",
+                      data={"dev": None, "split": {"dev": 0.0}},
+                      training={"epochs": 3, "early_stopping_patience": 1, "lr": 1e-12})
     result = _train(cfg)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    assert metrics["dev"]["n"] == 24  # 20% of 120, stratified
-    assert metrics["summary"]["epochs_run"] <= 6
+    assert "dev" not in metrics and metrics["test"]["n"] == 45
+    # Nothing to compare on: every epoch runs and the last one is the model.
+    assert metrics["summary"]["epochs_run"] == 3 and metrics["summary"]["stopped_early"] is False
+    assert result.best_epoch == 3
+    assert "dev_loss" not in (result.run_dir / "history.csv").read_text().splitlines()[0]
+
+
+def test_held_out_dev_split_is_stratified(tiny_models, separable_data, tmp_path):
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run",
+                      data={"dev": None, "split": {"dev": 0.2, "seed": 1}}, training={"epochs": 1})
+    metrics = json.loads((_train(cfg).run_dir / "metrics.json").read_text())
+    assert metrics["dev"]["n"] == 24  # 20% of 120
+    assert [row["support"] for row in metrics["dev"]["per_class"].values()] == [8, 8, 8]
+
+
+def test_the_schedule_spans_the_updates_of_re_sampled_epochs(tiny_models, tmp_path):
+    """Fractional up-sampling draws a different number of rows every epoch: the learning rate must
+    still decay to exactly 0 at the run's last update, not at epoch 1's count times epochs."""
+    from test_multi_label import multilabel_rows
+
+    files = {split: write_jsonl(tmp_path / f"{split}.jsonl", multilabel_rows(n, seed))
+             for split, n, seed in (("train", 150, 1), ("dev", 30, 2), ("test", 30, 3))}
+    cfg = tiny_config(tiny_models["llama"], files, tmp_path / "run", data={"label_field": "categories"},
+                      balance={"upsample": {"経済": 1.5, "天気": 1.3}}, training={"epochs": 4, "warmup_ratio": 0.0})
+    cfg["task"] = "multi_label"
+
+    class Recorder(Callback):
+        def __init__(self) -> None:
+            self.lrs: dict[int, float] = {}
+            self.batches: list[int] = []
+
+        def on_train_begin(self, info: dict) -> None:
+            self.updates = info["updates"]
+
+        def on_epoch_begin(self, epoch: int, num_batches: int, batches_done: int) -> None:
+            self.batches.append(num_batches)
+
+        def on_step_end(self, step: dict) -> None:
+            self.lrs[step["global_step"]] = step["lr"]
+
+    recorder = Recorder()
+    _train(cfg, callbacks=[recorder])
+    assert len(set(recorder.batches)) > 1, recorder.batches  # epochs really differ in length
+    assert recorder.updates == sum(recorder.batches) == max(recorder.lrs)
+    assert recorder.lrs[recorder.updates] == 0.0
+    assert min(lr for step, lr in recorder.lrs.items() if step < recorder.updates) > 0.0
 
 
 def test_cli_train_predict_evaluate(tiny_models, separable_data, tmp_path):
@@ -157,11 +213,12 @@ def test_kill_9_then_resume_gives_same_metrics(tiny_models, separable_data, tmp_
     config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     command = [sys.executable, "-m", "kitae.cli", "train", str(config_path)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    loop_file = tmp_path / "killed" / "checkpoints" / "last" / "loop.json"
+    checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if json.loads(loop_file.read_text())["global_step"] >= 20:  # mid-epoch 2
+            last = json.loads((checkpoints / "state.json").read_text())["last"]
+            if json.loads((checkpoints / last / "loop.json").read_text())["global_step"] >= 20:  # mid-epoch 2
                 break
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             pass

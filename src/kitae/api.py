@@ -27,18 +27,23 @@ from kitae.config import RunConfig, config_to_dict, dump_yaml, load_config
 from kitae.data.batching import EncodedSplit, TrainBatches, encode_texts
 from kitae.data.examples import Example
 from kitae.data.prepare import prepare_data
-from kitae.errors import ConfigError, RunDirError
+from kitae.errors import ConfigError, KitaeError, RunDirError
 from kitae.log import attach_run_log
 from kitae.models.adapters import apply_adapter, count_parameters
 from kitae.models.classifier import SequenceClassifier, find_head_name
-from kitae.models.loading import load_for_classification, load_tokenizer
+from kitae.models.loading import check_token_budget, load_for_classification, load_tokenizer
 from kitae.models.persist import save_classifier
 from kitae.models.precision import PrecisionPlan, plan_precision, probe_caps
-from kitae.models.sources import resolve_source
+from kitae.models.sources import ModelSource, resolve_source
 from kitae.predictor import Classifier, Prediction, load
 from kitae.runs import (
     CHECKPOINT_DIR,
     MODEL_DIR,
+    RUN_FORMAT,
+    Replacement,
+    RunLock,
+    check_writable_folder,
+    is_kitae_run,
     run_status,
     update_run_info,
     write_json,
@@ -47,7 +52,7 @@ from kitae.runs import (
 )
 from kitae.tasks.base import Task
 from kitae.training.callbacks import Callback, EpochLogger, HistoryWriter, ProgressBar
-from kitae.training.checkpoint import BEST_DEV_LOGITS, load_best
+from kitae.training.checkpoint import BEST_DEV_LOGITS, CheckpointStore, load_weights
 from kitae.training.loop import Batching, fit, predict_logits
 
 __all__ = ["Classifier", "Prediction", "TrainResult", "load", "prepare_data", "train"]
@@ -70,38 +75,80 @@ class TrainResult:
 def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[str] = (),
           overwrite: bool = False, resume: bool = False, callbacks: list[Callback] | None = None,
           progress: bool | None = None) -> TrainResult:
-    """Train, select on dev, evaluate on test, and write the run directory."""
-    if not isinstance(config, RunConfig):
-        config = load_config(config, overrides)
-    # Read and check all data before touching the run directory: bad input must not cost the
-    # user a previous run (--overwrite) or leave a half-made one.
+    """Train, select on dev, evaluate on test, and write the run directory.
+
+    `overwrite` replaces a kitae run already in `config.output` — only a kitae run, never a folder
+    holding the config or the data; the old run is kept aside until the new one has trained its
+    first step, and put back if the new one fails before."""
+    config_file = None if isinstance(config, RunConfig) else Path(config)
+    if config_file is not None:
+        config = load_config(config_file, overrides)
+    assert isinstance(config, RunConfig)
+    # Everything that can be checked is checked before the run directory is touched: the data,
+    # what the hardware can do (e.g. QLoRA without CUDA), the model name and its tokenizer.
     task, examples = prepare_data(config)
-    # Likewise what the hardware cannot do (e.g. QLoRA without CUDA) is said before anything is written.
     plan = plan_precision(probe_caps(config.training.device), config.model.dtype,
                           config.model.attn_implementation, config.adapter.type)
-    run_dir = _prepare_run_dir(config, overwrite=overwrite, resume=resume)
+    source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
+    tokenizer = load_tokenizer(source, config.model)
+    check_token_budget(tokenizer, config.model.max_length, pair=bool(config.data.text_fields))
+
+    run_dir, lock, replaced = _open_run_dir(config, _inputs(config, config_file), overwrite=overwrite,
+                                            resume=resume)
     detach_log = attach_run_log(run_dir / "train.log")
     started = time.time()
-    update_run_info(run_dir, status="running", kitae_version=__version__, torch_version=torch.__version__,
-                    task=config.task, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    watchers = list(callbacks or [])
+    if replaced is not None:
+        logger.info("the run it replaces is kept at %s until this one has trained its first step",
+                    replaced.aside)
+        watchers.insert(0, _DiscardReplacedRun(run_dir, replaced))
     try:
-        result = _train(config, task, examples, plan, run_dir, resume, callbacks, progress)
-    except KeyboardInterrupt:
-        update_run_info(run_dir, status="interrupted")
-        raise
+        result = _train(config, task, examples, plan, source, tokenizer, run_dir, resume, watchers, progress)
     except BaseException as exc:
         from kitae.training.loop import TrainingInterrupted
 
-        update_run_info(run_dir, status="interrupted" if isinstance(exc, TrainingInterrupted) else "failed")
+        interrupted = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
+        update_run_info(run_dir, status="interrupted" if interrupted else "failed")
+        if replaced is not None and not replaced.done:
+            # Nothing was trained yet: the user gets the previous run back, untouched.
+            detach_log()
+            lock.release()
+            replaced.restore()
+            logger.warning("the new run failed before its first step; the previous run is back in %s", run_dir)
         raise
     finally:
         detach_log()
+        lock.release()
     update_run_info(run_dir, status="finished", wall_seconds=round(time.time() - started, 1))
     return result
 
 
+class _DiscardReplacedRun(Callback):
+    """Deletes the run an --overwrite replaces, once the new run has trained its first step."""
+
+    def __init__(self, run_dir: Path, replaced: Replacement) -> None:
+        self.run_dir, self.replaced = run_dir, replaced
+
+    def on_step_end(self, step: dict[str, Any]) -> None:
+        if step["global_step"] >= 1 and not self.replaced.done:
+            self.replaced.discard()
+            update_run_info(self.run_dir, previous_run=None)
+
+
+def _inputs(config: RunConfig, config_file: Path | None) -> dict[str, Path]:
+    """The files a run reads: no output may be, or hold, one of them."""
+    # The config file first: it is what a user most often keeps beside the output.
+    inputs = {"the config file being run": config_file} if config_file is not None else {}
+    inputs.update({f"data.{name}": getattr(config.data, name) for name in ("train", "dev", "test", "split_file")
+                   if getattr(config.data, name) is not None})
+    if Path(config.model.name).exists():
+        inputs["model.name"] = Path(config.model.name)
+    return inputs
+
+
 def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], plan: PrecisionPlan,
-           run_dir: Path, resume: bool, callbacks: list[Callback] | None, progress: bool | None) -> TrainResult:
+           source: ModelSource, tokenizer: Any, run_dir: Path, resume: bool, callbacks: list[Callback],
+           progress: bool | None) -> TrainResult:
     training = config.training
     torch.manual_seed(training.seed)  # head and adapter initialisation
     labels = task.labels
@@ -113,8 +160,6 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
 
     # 2. Model: backbone -> adapter -> classifier with padding-safe pooling.
     logger.info("compute: %s", plan.describe())
-    source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
-    tokenizer = load_tokenizer(source, config.model)
     id2label = dict(enumerate(labels))
     loaded = load_for_classification(source, config.model, plan, id2label, tokenizer.pad_token_id,
                                      task.problem_type)
@@ -141,19 +186,26 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
     if sampler.resample is not None:
         _report_balance(run_dir, task, splits["train"].targets, sampler)
     loop = fit(classifier, task, splits["train"], splits.get("dev"), training, plan, batching,
-               checkpoint_dir, [*watchers, *(callbacks or [])], resume=resume, sampler=sampler)
+               checkpoint_dir, [*watchers, *callbacks], resume=resume, sampler=sampler)
 
     # 5. The selected model: fit what is chosen on dev (e.g. thresholds), evaluate dev and test
     #    once, save everything.
-    load_best(checkpoint_dir / "best", classifier)
+    warnings = []
+    best = CheckpointStore(checkpoint_dir).best_folder(loop)
+    if best is not None:
+        load_weights(best, classifier)
+    else:
+        # Dev had the metric undefined (NaN) in every epoch: nothing to select on.
+        warnings.append(f"dev {training.select_metric} was undefined (NaN) in every epoch, so no epoch could be "
+                        f"selected on it: the model of the last epoch ({len(loop.history)}) is kept.")
+        logger.warning(warnings[-1])
+    best_dev = best / BEST_DEV_LOGITS if best is not None else None
     metrics: dict[str, dict[str, Any]] = {}
     eval_batch = training.eval_batch_size or 2 * training.batch_size
-    best_dev = checkpoint_dir / "best" / BEST_DEV_LOGITS
-    all_logits = {name: np.load(best_dev) if name == "dev" and best_dev.is_file()
+    all_logits = {name: np.load(best_dev) if name == "dev" and best_dev is not None and best_dev.is_file()
                   else predict_logits(classifier, splits[name], eval_batch, plan, batching)
                   for name in ("dev", "test") if name in splits}
     task.fit_after_training(splits["dev"].targets if "dev" in splits else None, all_logits.get("dev"))
-    warnings = []
     if "dev" in all_logits and (collapse := task.collapse_warning(splits["dev"].targets, all_logits["dev"])):
         warnings.append(f"dev: {collapse}: the model has not learned the task. A lower training.lr often helps "
                         f"(LoRA on encoders about 5e-4, full fine-tuning 1e-5 to 5e-5), or class weights "
@@ -164,7 +216,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
         metrics[name] = task.metrics(split.targets, logits)
         write_jsonl(run_dir / f"predictions_{name}.jsonl", task.prediction_records(split.ids, logits, split.targets))
         task.write_reports(run_dir, name, split.targets, logits)
-    summary = {"selected_epoch": loop.best_epoch, "select_metric": training.select_metric,
+    summary = {"selected_epoch": loop.best_epoch if best is not None else len(loop.history), "select_metric": training.select_metric,
                "epochs_run": len(loop.history), "stopped_early": loop.stopped_early,
                "train_seconds": round(loop.train_seconds, 2),
                "train_examples": len(splits["train"]), "truncated": {n: s.encoded.truncated for n, s in splits.items()},
@@ -182,7 +234,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
     write_card(run_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _log_metrics(metrics)
-    return TrainResult(run_dir, metrics, loop.best_epoch, all_logits)
+    return TrainResult(run_dir, metrics, summary["selected_epoch"], all_logits)
 
 
 def write_card(run_dir: Path) -> None:
@@ -221,31 +273,59 @@ def resolve_pooling(requested: str, is_decoder: bool, new_modules: list[str]) ->
     return "mean" if fresh_pooler else "cls"
 
 
-def _prepare_run_dir(config: RunConfig, *, overwrite: bool, resume: bool) -> Path:
+def _open_run_dir(config: RunConfig, inputs: dict[str, Path], *, overwrite: bool,
+                  resume: bool) -> tuple[Path, RunLock, Replacement | None]:
+    """Lock the run directory (creating it, or moving the run it replaces aside); return it, its
+    lock, and the replaced run (None when nothing is replaced)."""
     run_dir = Path(config.output)
-    status = run_status(run_dir)
     config_text = dump_yaml(config_to_dict(config))
     if resume:
-        saved = run_dir / "config.yaml"
-        if status is None or not saved.is_file():
-            raise RunDirError(f"{run_dir}: nothing to resume (no run started here)")
+        if not is_kitae_run(run_dir):
+            raise RunDirError(f"{run_dir}: nothing to resume (no kitae run here)")
+        lock = RunLock(run_dir).acquire()
+        status, saved = run_status(run_dir), run_dir / "config.yaml"
+        problem: KitaeError | None = None
         if status == "finished":
-            raise RunDirError(f"{run_dir}: the run already finished; nothing to resume")
-        if saved.read_text(encoding="utf-8") != config_text:
-            raise ConfigError(f"{run_dir}: --resume needs the same config as the interrupted run "
-                              f"(compare with {saved}); to start afresh use --overwrite")
-        return run_dir
-    if status is not None or (run_dir.exists() and any(run_dir.iterdir())):
-        if not overwrite:
-            what = "a finished run" if status == "finished" else f"a {status or 'non-kitae'} run"
+            problem = RunDirError(f"{run_dir}: the run already finished; nothing to resume")
+        elif not saved.is_file():
+            problem = RunDirError(f"{run_dir}: nothing to resume (the run has no config.yaml)")
+        elif saved.read_text(encoding="utf-8") != config_text:
+            problem = ConfigError(f"{run_dir}: --resume needs the same config as the interrupted run "
+                                  f"(compare with {saved}); to start afresh use --overwrite")
+        if problem is not None:
+            lock.release()
+            raise problem
+        return run_dir, lock, Replacement.recorded(run_dir)
+
+    own = is_kitae_run(run_dir)
+    check_writable_folder(run_dir, inputs, is_own=own, what="output")
+    replaced = None
+    if own:
+        old_lock = RunLock(run_dir).acquire()  # refuses while another process trains there
+        status = run_status(run_dir)
+        if not overwrite or run_dir.resolve() == Path.cwd().resolve():
+            old_lock.release()
+            what = "a finished run" if status == "finished" else f"a {status} run"
             hint = " (continue it with --resume)" if status in ("running", "interrupted", "failed") else ""
+            if run_dir.resolve() == Path.cwd().resolve():
+                raise RunDirError(f"{run_dir}: is the current directory and holds {what}; choose another output")
             raise RunDirError(f"{run_dir}: already holds {what}{hint}; pass --overwrite to replace it")
-        if status is None and not (run_dir / "config.yaml").exists():
-            raise RunDirError(f"{run_dir}: exists and is not a kitae run; refusing to delete it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        replaced = Replacement.move_aside(run_dir, old_lock)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir).acquire()
+    except BaseException as exc:
+        if replaced is not None:
+            replaced.restore()
+        if isinstance(exc, OSError):
+            raise RunDirError(f"output: cannot create {run_dir}: {exc.strerror}") from None
+        raise
+    update_run_info(run_dir, format=RUN_FORMAT, status="running", kitae_version=__version__,
+                    torch_version=torch.__version__, task=config.task,
+                    started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    previous_run=str(replaced.aside) if replaced is not None else None)
     write_text_atomic(run_dir / "config.yaml", config_text)
-    return run_dir
+    return run_dir, lock, replaced
 
 
 def _encode(name: str, examples: list[Example], tokenizer: Any, task: Task, is_decoder: bool) -> EncodedSplit:

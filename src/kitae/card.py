@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
+from kitae.models.sources import hub_model_name, public_model_name
 from kitae.runs import read_json
 
 _LICENSES = {"pypi:gemma-3-270m": "gemma"}
-_HUB_NAMES = {"pypi:gemma-3-270m": "google/gemma-3-270m"}  # built-in names -> the hub model they are
 _HEADLINE = ("accuracy", "macro_f1", "micro_f1", "macro_precision", "macro_recall", "samples_f1", "subset_accuracy",
              "roc_auc", "macro_roc_auc", "log_loss", "rmse", "mae", "pearson", "spearman",
              "pairwise_accuracy", "mean_margin")
@@ -69,6 +69,9 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     metrics = read_json(run_dir / "metrics.json")
     meta = read_json(run_dir / "model" / "kitae_model.json")
     labels: list[str] = meta["labels"]
+    # A card is published: models by name, never by a path on this machine.
+    local_model = public_model_name(config["model"]["name"]) != config["model"]["name"]
+    config["model"]["name"] = public_model_name(config["model"]["name"])
     base = base_model_name or config["model"]["name"]
     task = config["task"]
     test = metrics.get("test") or metrics.get("dev") or {}
@@ -93,8 +96,8 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
             }],
         }],
     }
-    hub_base = _HUB_NAMES.get(base, base)
-    if not hub_base.startswith("pypi:") and not Path(hub_base).is_absolute() and not Path(hub_base).exists():
+    hub_base = hub_model_name(base)
+    if not hub_base.startswith("pypi:") and not local_model:
         front["base_model"] = hub_base
 
     lines = ["---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).rstrip(), "---", ""]

@@ -28,6 +28,8 @@ console = Console()
 errors = Console(stderr=True)
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override one key: --set training.lr=1e-4")]
+TrustOption = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Let the base model run code from the hub (never taken from the run directory).")]
 
 
 def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,7 +70,8 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML run config.")],
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a run already in the output directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a kitae run already in the output directory (kept until the new run's first step).")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Train, select the best epoch on dev, evaluate on test, write the run directory."""
@@ -88,12 +91,15 @@ def predict(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output .jsonl or .csv.")],
     batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
+    trust_remote_code: TrustOption = False,
 ) -> None:
-    """Predict labels and probabilities for every row of a file."""
+    """Predict labels and probabilities for every row of a file (streamed: any file size)."""
     import kitae
 
     _setup_logging(False)
-    count = kitae.load(run_dir, device=device, batch_size=batch_size).predict_file(input, output)
+    clf = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    count = clf.predict_file(input, output, overwrite=overwrite)
     console.print(f"wrote {count} predictions to [bold]{output}[/bold]")
 
 
@@ -105,12 +111,14 @@ def evaluate(
     output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir", help="Default: RUN_DIR/eval-<file>.")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Metrics, predictions and confusion matrix on a labelled file."""
     import kitae
 
     _setup_logging(False)
-    metrics = kitae.load(run_dir, device=device, batch_size=batch_size).evaluate_file(labelled, output_dir)
+    clf = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    metrics = clf.evaluate_file(labelled, output_dir)
     _print_metrics({labelled.name: metrics})
 
 
@@ -120,13 +128,14 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write.")],
     merge: Annotated[bool, typer.Option(help="Fold LoRA into the weights: loads in plain transformers.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier kitae export in that folder.")] = False,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """A standalone Hugging Face model folder (merged, or the adapter with its head)."""
     from kitae.export import export_run
 
     _setup_logging(False)
-    out = export_run(run_dir, out_dir, merge=merge, overwrite=overwrite)
+    out = export_run(run_dir, out_dir, merge=merge, overwrite=overwrite, trust_remote_code=trust_remote_code)
     console.print(f"exported to [bold]{out}[/bold]")
 
 
@@ -137,12 +146,13 @@ def push(
     repo_id: Annotated[str, typer.Option("--repo-id", help="user-or-org/name on the Hugging Face hub.")],
     private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
     merge: Annotated[bool | None, typer.Option(help="Merged weights (default when possible) or the adapter.")] = None,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Export the run and upload it with its model card to the Hugging Face hub."""
     from kitae.hub import push_run
 
     _setup_logging(False)
-    url = push_run(run_dir, repo_id, private=private, merge=merge)
+    url = push_run(run_dir, repo_id, private=private, merge=merge, trust_remote_code=trust_remote_code)
     console.print(f"pushed to [bold]{url}[/bold]")
 
 

@@ -37,7 +37,8 @@ class SplitConfig(Section):
 
 
 class DataConfig(Section):
-    train: Path = Field(description="Training data: .jsonl, .csv, .tsv or .parquet.")
+    train: Path = Field(description="Training data: .jsonl, .json (JSON Lines or an array of objects), "
+                        ".csv, .tsv or .parquet.")
     dev: Path | None = Field(None, description="Dev data used to select the best epoch.")
     test: Path | None = Field(None, description="Test data, evaluated once on the selected model.")
     split: SplitConfig | None = Field(
@@ -49,6 +50,11 @@ class DataConfig(Section):
         None,
         description="A published split: JSON with lists of ids under 'train', 'dev', 'test' "
         "(other keys ignored), selecting rows of the `train` file by `id_field`.",
+    )
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of the data files (train, dev, test), e.g. cp932 for Excel's "
+        "Japanese CSV or utf-16. A UTF-8 byte order mark is always accepted.",
     )
     text_field: str = Field("text", description="Column holding the text (when no template).")
     text_fields: list[str] | None = Field(
@@ -109,6 +115,16 @@ class DataConfig(Section):
     def _known_suffix(cls, value: Path | None) -> Path | None:
         if value is not None and value.suffix.lower() not in DATA_SUFFIXES:
             raise ValueError(f"unsupported file type '{value.suffix}' (use one of {', '.join(DATA_SUFFIXES)})")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            "\n".encode(value)  # LookupError for unknown names and for non-text codecs (base64, rot13)
+        except LookupError:
+            raise ValueError(f"'{value}' is not a text encoding Python knows "
+                             "(e.g. utf-8, cp932, euc-jp, utf-16)") from None
         return value
 
     @model_validator(mode="after")
@@ -399,13 +415,15 @@ def config_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), source: st
     _resolve_inputs(config, base_dir)
     if not check_files:
         return config
-    missing = [
-        f"data.{name}: file not found: {getattr(config.data, name)}"
-        for name in ("train", "dev", "test", "split_file")
-        if getattr(config.data, name) is not None and not getattr(config.data, name).is_file()
-    ]
-    if missing:
-        raise ConfigError(f"{source}: " + "; ".join(missing))
+    problems = []
+    for name in ("train", "dev", "test", "split_file"):
+        value = getattr(config.data, name)
+        if value is not None and value.is_dir():
+            problems.append(f"data.{name}: is a directory, not a file: {value}")
+        elif value is not None and not value.is_file():
+            problems.append(f"data.{name}: file not found: {value}")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
     return config
 
 

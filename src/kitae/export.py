@@ -9,33 +9,72 @@
 The tokenizer is exported padding on the right: transformers' own pooling (rightmost non-pad
 token) and its default position ids are then exactly kitae's, whatever the tokenizer did in
 training (kitae's own logits do not depend on the padding side).
+
+An export is published material: it names models (hub ids, built-in names, a folder's own
+name), never paths on this machine. Its `kitae_model.json` carries an `export` entry, which is
+how kitae recognises a folder it may replace (`--overwrite`); nothing else is ever replaced.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
+from kitae import __version__
 from kitae.errors import KitaeError, RunDirError
-from kitae.runs import MODEL_DIR, require_finished_run, write_text_atomic
+from kitae.models.persist import META_FILE
+from kitae.models.sources import hub_model_name, public_model_name
+from kitae.runs import (
+    MODEL_DIR,
+    check_writable_folder,
+    follow_umask,
+    read_json,
+    require_finished_run,
+    write_json,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "config.json", "kitae_model.json")
+ADAPTER_FILES = ("adapter_model.safetensors", "config.json")
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, overwrite: bool = False) -> Path:
-    """Write the standalone folder; returns it. Refuses to replace an existing folder unless `overwrite`."""
+def is_kitae_export(folder: Path) -> bool:
+    """Whether `folder` is an export kitae wrote (its kitae_model.json has an `export` entry)."""
+    try:
+        return "export" in read_json(Path(folder) / META_FILE)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def public_meta(meta: dict[str, Any], kind: str, run_dir: Path) -> dict[str, Any]:
+    """kitae_model.json as published: model names instead of local paths, and the export marker."""
+    name = public_model_name(meta["model"]["name"])
+    return {**meta, "model": {**meta["model"], "name": name},
+            "base_model": {**meta["base_model"], "path": name},
+            "export": {"kind": kind, "run": run_dir.resolve().name, "kitae_version": __version__,
+                       "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, overwrite: bool = False,
+               trust_remote_code: bool = False) -> Path:
+    """Write the standalone folder; returns it. `out_dir` must be new, empty, or (with
+    `overwrite`) an earlier kitae export; it is replaced only once the new export is complete."""
     from kitae.api import load
     from kitae.card import build_card
 
     run_dir = require_finished_run(Path(run_dir))
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise RunDirError(f"{out_dir}: exists and is not empty; pass --overwrite to replace it")
-    clf = load(run_dir, device="cpu")
+    own = is_kitae_export(out_dir)
+    check_writable_folder(out_dir, {"the run being exported": run_dir}, is_own=own, what="export folder")
+    if own and not overwrite:
+        raise RunDirError(f"{out_dir}: already holds a kitae export; pass --overwrite to replace it")
+    clf = load(run_dir, device="cpu", trust_remote_code=trust_remote_code)
     full = clf.model.model is clf.model.hf_model
     merged = merge or full
     if merged and clf.model.pooling == "mean":
@@ -44,24 +83,67 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
             "transformers' *ForSequenceClassification cannot express; a merged export would not give "
             "kitae's predictions. Export the adapter (without --merge), or train with model.pooling: cls."
         )
-    partial = out_dir.with_name(out_dir.name + ".partial")
+    kind = "merged" if merged else "adapter"
+    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    tokenizer = clf.tokenizer
-    tokenizer.padding_side = "right"
-    if merged:
-        model = clf.model.hf_model if full else clf.model.model.merge_and_unload()
-        model.config.use_cache = False
-        model.save_pretrained(partial, safe_serialization=True)
-    else:
-        for name in ADAPTER_FILES:
-            shutil.copyfile(run_dir / MODEL_DIR / name, partial / name)
-    tokenizer.save_pretrained(partial)
-    write_text_atomic(partial / "README.md", build_card(run_dir, exported="merged" if merged else "adapter"))
-    for image in run_dir.glob("confusion_matrix_*.png"):
-        shutil.copyfile(image, partial / image.name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
-    logger.info("exported %s (%s) to %s", run_dir, "merged" if merged else "adapter", out_dir)
+    try:
+        tokenizer = clf.tokenizer
+        tokenizer.padding_side = "right"
+        if merged:
+            model = clf.model.hf_model if full else clf.model.model.merge_and_unload()
+            model.config.use_cache = False
+            model.save_pretrained(partial, safe_serialization=True)
+        else:
+            for name in ADAPTER_FILES:
+                shutil.copyfile(run_dir / MODEL_DIR / name, partial / name)
+            adapter_config = read_json(run_dir / MODEL_DIR / "adapter_config.json")
+            adapter_config["base_model_name_or_path"] = hub_model_name(clf.meta["model"]["name"])
+            write_json(partial / "adapter_config.json", adapter_config)
+        tokenizer.save_pretrained(partial)
+        _scrub_name_or_path(partial)
+        write_json(partial / META_FILE, public_meta(clf.meta, kind, run_dir))
+        write_text_atomic(partial / "README.md", build_card(run_dir, exported=kind))
+        for image in run_dir.glob("confusion_matrix_*.png"):
+            shutil.copyfile(image, partial / image.name)
+        follow_umask(partial)
+        _swap_in(partial, out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    logger.info("exported %s (%s) to %s", run_dir, kind, out_dir)
     return out_dir
+
+
+def _scrub_name_or_path(folder: Path) -> None:
+    """transformers may record where a model or tokenizer was loaded from: keep only the name."""
+    for path in folder.glob("*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        changed = False
+        for key in ("_name_or_path", "name_or_path"):
+            if isinstance(data.get(key), str) and data[key] != public_model_name(data[key]):
+                data[key] = public_model_name(data[key])
+                changed = True
+        if changed:
+            write_json(path, data)
+
+
+def _swap_in(partial: Path, out_dir: Path) -> None:
+    """Replace `out_dir` (an earlier export, or an empty folder) by the finished `partial`."""
+    aside = None
+    if out_dir.exists():
+        aside = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+        os.replace(out_dir, aside)
+    try:
+        os.replace(partial, out_dir)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, out_dir)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside)

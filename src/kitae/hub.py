@@ -18,7 +18,7 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
 
 def push_run(run_dir: str | Path, repo_id: str, private: bool = False, merge: bool | None = None,
-             token: str | None = None, api: Any = None) -> str:
+             token: str | None = None, api: Any = None, trust_remote_code: bool = False) -> str:
     """Export `run_dir` (merged when the model allows it, unless `merge` says otherwise) and upload
     it to `repo_id`; returns the repo URL. `api` is a `huggingface_hub.HfApi` (tests pass a fake)."""
     from kitae.api import load
@@ -37,9 +37,9 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, merge: bo
         api = HfApi(token=token)
     if merge is None:
         # A merged model loads without kitae or PEFT; mean pooling can only ship as an adapter.
-        merge = load(run_dir, device="cpu").model.pooling != "mean"
+        merge = load(run_dir, device="cpu", trust_remote_code=trust_remote_code).model.pooling != "mean"
     with tempfile.TemporaryDirectory(prefix="kitae-push-") as tmp:
-        folder = export_run(run_dir, Path(tmp) / "export", merge=merge)
+        folder = export_run(run_dir, Path(tmp) / "export", merge=merge, trust_remote_code=trust_remote_code)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True)
             api.upload_folder(repo_id=repo_id, folder_path=str(folder),

@@ -6,8 +6,11 @@ or re-reads the training data; everything comes from the run directory.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,16 +19,25 @@ import numpy as np
 
 from kitae.config import read_saved_config
 from kitae.data.batching import EncodedSplit, encode_texts
-from kitae.data.examples import Example, build_examples
-from kitae.data.readers import Row, read_rows
-from kitae.errors import DataError, RunDirError
+from kitae.data.examples import build_examples
+from kitae.data.readers import Row, count_rows, iter_rows
+from kitae.errors import DataError, KitaeError, RunDirError
 from kitae.models.persist import load_classifier
-from kitae.runs import MODEL_DIR, require_finished_run, write_csv, write_json, write_jsonl
+from kitae.runs import (
+    MODEL_DIR,
+    atomic_text_file,
+    check_writable_folder,
+    read_json,
+    require_finished_run,
+    write_json,
+)
 from kitae.tasks import get_task_class
 from kitae.tasks.base import Task
 from kitae.training.loop import Batching, predict_logits
 
 logger = logging.getLogger("kitae")
+
+PREDICT_CHUNK_ROWS = 4096  # rows read, encoded and predicted at a time by predict_file / evaluate_file
 
 
 @dataclass
@@ -37,9 +49,10 @@ class Prediction:
 class Classifier:
     """A trained run, loaded for inference: `kitae.load(run_dir)`."""
 
-    def __init__(self, run_dir: Path, device: str = "auto", batch_size: int = 32) -> None:
+    def __init__(self, run_dir: Path, device: str = "auto", batch_size: int = 32,
+                 trust_remote_code: bool = False) -> None:
         self.run_dir = require_finished_run(Path(run_dir))
-        model, tokenizer, meta, plan = load_classifier(self.run_dir / MODEL_DIR, device)
+        model, tokenizer, meta, plan = load_classifier(self.run_dir / MODEL_DIR, device, trust_remote_code)
         self.model, self.tokenizer, self.meta, self.plan = model, tokenizer, meta, plan
         saved = self.run_dir / "config.yaml"
         self.config = read_saved_config(saved) if saved.is_file() else None
@@ -82,54 +95,145 @@ class Classifier:
     def _render(self, values: dict[str, Any]) -> Any:
         return self.task.render(Row(values, Path("<input>"), 0))
 
-    def _read(self, path: Path, require_labels: bool) -> tuple[list[Example], bool]:
-        rows = read_rows(path)
-        data = self.config.data if self.config else None
-        label_columns = self.task.target_columns() if data is not None else []
-        has_labels = data is not None and any(all(c in row.values for c in label_columns) for row in rows)
-        if require_labels and not has_labels:
-            raise DataError("no label column: evaluate needs labelled data", path=path,
-                            field=data.label_field if data else "label")
-        encode = self.task.encode_target if has_labels else (lambda row: None)
-        return build_examples(rows, self.config.data, encode, Path(path).stem, self.task.render), has_labels
+    def _stream(self, path: Path, require_labels: bool, progress: bool,
+                ) -> Iterator[tuple[list[str], np.ndarray, list[Any] | None]]:
+        """(ids, logits, targets or None) for a data file, chunk by chunk in file order: read,
+        render, encode, predict, forget — memory does not grow with the file. Targets come when
+        the file has the label columns (decided on its first rows); with `require_labels` a row
+        without a valid label is an error, else its target is None (predict still predicts it)."""
+        if self.config is None:
+            raise RunDirError(f"{self.run_dir}: config.yaml is missing")
+        data = self.config.data
+        label_columns = self.task.target_columns()
+        has_labels: bool | None = None
+        unlabelled = 0
 
-    def predict_file(self, path: str | Path, output: str | Path) -> int:
+        def target(row: Row) -> Any:
+            nonlocal unlabelled
+            if not has_labels:
+                return None
+            try:
+                return self.task.encode_target(row)
+            except DataError as exc:
+                if require_labels or exc.field not in label_columns:
+                    raise
+                unlabelled += 1
+                return None
+
+        from tqdm.auto import tqdm
+
+        with tqdm(total=count_rows(path), desc=f"predict {path.name}", unit="row", dynamic_ncols=True,
+                  disable=not progress) as bar:
+            for rows in _chunks(iter_rows(path, encoding=data.encoding), PREDICT_CHUNK_ROWS):
+                if has_labels is None:
+                    has_labels = all(c in row.values for row in rows for c in label_columns)
+                    if require_labels and not has_labels:
+                        row = next(r for r in rows if not all(c in r.values for c in label_columns))
+                        raise row.error("no label column: evaluate needs labelled data",
+                                        next(c for c in label_columns if c not in row.values))
+                examples = build_examples(rows, data, target, path.stem, self.task.render, unique_ids=False)
+                yield ([e.id for e in examples], self.logits([e.text for e in examples]),
+                       [e.target for e in examples] if has_labels else None)
+                bar.update(len(rows))
+        if unlabelled:
+            logger.warning("%s: %d rows have no valid label (gold is null for them)", path, unlabelled)
+
+    def predict_file(self, path: str | Path, output: str | Path, overwrite: bool = False,
+                     progress: bool = True) -> int:
         """Predict every row of a data file; write JSONL or CSV (by suffix) with id, predicted,
-        probabilities (and gold when the file has labels). Returns the number of rows."""
-        try:
-            examples, has_labels = self._read(Path(path), require_labels=False)
-        except DataError as exc:
-            if self.config is None or exc.field != self.config.data.label_field:
-                raise
-            # A gold column with labels the model does not know is no reason not to predict.
-            logger.warning("ignoring the label column for predict: %s", exc)
-            examples = build_examples(read_rows(path), self.config.data, lambda row: None, Path(path).stem,
-                                      self.task.render)
-            has_labels = False
-        logits = self.logits([e.text for e in examples], progress=True)
-        records = self.task.prediction_records([e.id for e in examples], logits,
-                                               [e.target for e in examples] if has_labels else None)
-        output = Path(output)
-        if output.suffix.lower() in (".csv", ".tsv"):
-            write_csv(output, [_flat_record(r) for r in records])
-        else:
-            write_jsonl(output, records)
-        return len(records)
+        probabilities (and gold when the file has labels). Streams: the output grows chunk by
+        chunk in a temporary file, renamed to `output` at the end (an error leaves no output).
+        Returns the number of rows."""
+        path, output = Path(path), Path(output)
+        _check_output_file(output, path, overwrite)
+        csv_out = output.suffix.lower() in (".csv", ".tsv")
+        count = 0
+        with atomic_text_file(output, newline="" if csv_out else None) as handle:
+            writer = None
+            for ids, logits, targets in self._stream(path, require_labels=False, progress=progress):
+                records = self._records(ids, logits, targets)
+                if csv_out:
+                    flat = [_flat_record(r) for r in records]
+                    if writer is None:
+                        writer = csv.DictWriter(handle, fieldnames=list(flat[0]), lineterminator="\n",
+                                                delimiter="\t" if output.suffix.lower() == ".tsv" else ",")
+                        writer.writeheader()
+                    writer.writerows(flat)
+                else:
+                    handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                count += len(records)
+        return count
 
-    def evaluate_file(self, path: str | Path, output_dir: str | Path | None = None) -> dict[str, Any]:
+    def _records(self, ids: list[str], logits: np.ndarray, targets: list[Any] | None) -> list[dict[str, Any]]:
+        """Prediction records; rows whose gold label was unusable get `"gold": null`."""
+        if targets is None or all(t is not None for t in targets):
+            return self.task.prediction_records(ids, logits, targets)
+        known = np.array([t is not None for t in targets])
+        with_gold = iter(self.task.prediction_records([i for i, k in zip(ids, known) if k], logits[known],
+                                                      [t for t in targets if t is not None]))
+        records = self.task.prediction_records(ids, logits, None)
+        return [next(with_gold) if k else {"id": r["id"], "gold": None, **{key: v for key, v in r.items() if key != "id"}}
+                for r, k in zip(records, known)]
+
+    def evaluate_file(self, path: str | Path, output_dir: str | Path | None = None,
+                      progress: bool = True) -> dict[str, Any]:
         """Metrics, predictions and reports for a labelled file (written to output_dir, default
-        RUN_DIR/eval-<file stem>)."""
+        RUN_DIR/eval-<file stem>). Streams like `predict_file`; only the logits and targets are
+        kept for the metrics (a few numbers per row, never the texts)."""
         path = Path(path)
-        examples, _ = self._read(path, require_labels=True)
-        logits = self.logits([e.text for e in examples], progress=True)
-        targets = [e.target for e in examples]
-        metrics = self.task.metrics(targets, logits)
         out = Path(output_dir) if output_dir else self.run_dir / f"eval-{path.stem}"
+        check_writable_folder(out, {"the evaluated file": path}, is_own=_is_evaluation(out),
+                              what="output folder")
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", {"file": str(path), **metrics})
-        write_jsonl(out / "predictions.jsonl", self.task.prediction_records([e.id for e in examples], logits, targets))
+        all_logits, targets = [], []
+        try:
+            with atomic_text_file(out / "predictions.jsonl") as handle:
+                for ids, logits, chunk_targets in self._stream(path, require_labels=True, progress=progress):
+                    assert chunk_targets is not None
+                    handle.writelines(json.dumps(r, ensure_ascii=False) + "\n"
+                                      for r in self.task.prediction_records(ids, logits, chunk_targets))
+                    all_logits.append(logits)
+                    targets.extend(chunk_targets)
+        except BaseException:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        logits = np.concatenate(all_logits)
+        metrics = self.task.metrics(targets, logits)
         self.task.write_reports(out, "eval", targets, logits)
+        write_json(out / "metrics.json", {"evaluated_run": self.run_dir.resolve().name, "file": str(path), **metrics})
         return metrics
+
+
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _is_evaluation(folder: Path) -> bool:
+    """A folder `evaluate` wrote (its metrics.json names the evaluated run), which it may rewrite."""
+    try:
+        return "evaluated_run" in read_json(folder / "metrics.json")
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _check_output_file(output: Path, source: Path, overwrite: bool) -> None:
+    if output.resolve() == source.resolve():
+        raise KitaeError(f"-o {output}: is the input file; write the predictions to another file")
+    if output.is_dir():
+        raise KitaeError(f"-o {output}: is a folder; give a .jsonl or .csv file name")
+    if output.exists() and not overwrite:
+        raise KitaeError(f"-o {output}: exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise KitaeError(f"-o {output}: the folder {output.parent} does not exist")
 
 
 def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +251,8 @@ def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def load(run_dir: str | Path, device: str = "auto", batch_size: int = 32) -> Classifier:
-    """Load a finished run for prediction."""
-    return Classifier(Path(run_dir), device=device, batch_size=batch_size)
+def load(run_dir: str | Path, device: str = "auto", batch_size: int = 32,
+         trust_remote_code: bool = False) -> Classifier:
+    """Load a finished run for prediction. `trust_remote_code=True` lets the base model run code
+    from the hub; it is never taken from the run directory (which may come from anyone)."""
+    return Classifier(Path(run_dir), device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)

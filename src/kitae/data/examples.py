@@ -20,9 +20,12 @@ class Example:
 
 
 def build_examples(rows: list[Row], data: DataConfig, encode_target: Callable[[Row], Any],
-                   split: str, render: Callable[[Row], Any] | None = None) -> list[Example]:
+                   split: str, render: Callable[[Row], Any] | None = None,
+                   unique_ids: bool = True) -> list[Example]:
     """Render text (with `render`, default: the data section's text_field / template /
-    text_fields) and encode the target of every row; ids default to '<split>-<line>'."""
+    text_fields) and encode the target of every row; ids default to '<split>-<line>'. With
+    `unique_ids`, a repeated id gets '#<line>' appended (streaming callers pass False: remembering
+    every id would grow with the file)."""
     examples = []
     seen_ids: set[str] = set()
     for row in rows:
@@ -30,8 +33,9 @@ def build_examples(rows: list[Row], data: DataConfig, encode_target: Callable[[R
                 render_text(row, template=data.template, text_field=data.text_field, text_fields=data.text_fields))
         raw_id = row.values.get(data.id_field)
         example_id = f"{split}-{row.line}" if raw_id is None or raw_id == "" else str(raw_id)
-        if example_id in seen_ids:
-            example_id = f"{example_id}#{row.line}"
-        seen_ids.add(example_id)
+        if unique_ids:
+            if example_id in seen_ids:
+                example_id = f"{example_id}#{row.line}"
+            seen_ids.add(example_id)
         examples.append(Example(example_id, text, encode_target(row), row))
     return examples

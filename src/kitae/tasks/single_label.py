@@ -126,6 +126,12 @@ class SingleLabelTask(Task):
                                                 torch.as_tensor(np.asarray(targets))).item())
         return metrics
 
+    def undefined_metric(self, metric: str, targets: Sequence[int]) -> str | None:
+        classes = sorted(set(targets))
+        if metric == "roc_auc" and len(classes) < 2:
+            return f"ROC-AUC needs two classes, and every example is '{self.labels[classes[0]]}'"
+        return None
+
     def collapse_warning(self, targets: Sequence[int], logits: np.ndarray) -> str | None:
         predicted = set(logits.argmax(axis=-1).tolist())
         if len(predicted) == 1 and len(set(targets)) > 1:

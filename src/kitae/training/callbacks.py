@@ -101,12 +101,17 @@ class HistoryWriter(Callback):
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
         self.rows = list(info.get("history", []))
+        if self.rows:  # resumed: the files follow the committed history (a kill may have come between)
+            self._write()
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
         from kitae.metrics.plots import plot_history
         from kitae.runs import write_csv
 
-        self.rows.append(row)
         write_csv(self.run_dir / "history.csv", self.rows)
         metrics = [m for m in (f"dev_{self.select_metric}", "dev_accuracy") if m != "dev_loss"]
         plot_history(self.rows, self.run_dir / "history.png", metrics=list(dict.fromkeys(metrics)))

@@ -1,8 +1,19 @@
-"""Resumable training state: trainable weights, optimizer, scheduler, RNG, and loop counters.
+"""Resumable training state, committed atomically.
 
-Only trainable parameters are saved (LoRA + head: megabytes, not the base model). A checkpoint
-is written to a temporary folder and swapped in with renames, so a kill at any moment leaves
-either the previous checkpoint or the new one — never a broken one.
+```
+RUN_DIR/checkpoints/
+  state.json        the pointer: {"last": "last-7"} — replacing this one file is the commit
+  last-7/           trainable.safetensors (trainable weights only: LoRA + head, or all for full),
+                    training_state.pt (optimizer, scheduler, grad scaler, torch RNG: tensors and
+                    plain values, loaded with weights_only=True), loop.json (LoopState, Python
+                    and NumPy RNG)
+  best-5/           trainable.safetensors + dev_logits.npy of the selected epoch (named by
+                    last-7/loop.json's `best_checkpoint`)
+```
+A commit writes new folders beside the old ones, then replaces `state.json`, then removes the
+folders nothing points to. A kill at any moment therefore leaves the previous commit or the new
+one — never a loop state whose best weights were not written, or weights from one step with the
+counters of another.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,16 +32,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kitae.errors import RunDirError
+from kitae.runs import follow_umask, write_json
+
+POINTER = "state.json"
+BEST_DEV_LOGITS = "dev_logits.npy"
+WEIGHTS = "trainable.safetensors"
+
 
 @dataclass
 class LoopState:
-    """Where the loop is: enough to continue exactly where it stopped."""
+    """Where the loop is, at an optimizer-step boundary: enough to continue exactly there."""
 
     epoch: int = 0  # the epoch in progress (0-based)
     batches_done: int = 0  # batches of that epoch already consumed
     global_step: int = 0  # optimizer updates so far
     best_metric: float | None = None
     best_epoch: int | None = None
+    best_checkpoint: str | None = None  # folder holding the best epoch's weights and dev logits
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     epoch_loss_sum: float = 0.0  # train loss of the epoch in progress, so a resumed epoch's
@@ -53,75 +73,136 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
+# --- RNG: as tensors and JSON, never pickled objects --------------------------------------------
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator the loop uses, in a form `torch.load(weights_only=True)` and JSON take."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    loop: LoopState, rng: dict[str, Any]) -> None:
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file(trainable_state(model), str(partial / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-               partial / "optimizer.pt")
-    (partial / "loop.json").write_text(json.dumps(asdict(loop), ensure_ascii=False), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(partial, folder)
-    shutil.rmtree(old, ignore_errors=True)
+# --- the store ------------------------------------------------------------------------------------
+
+@dataclass
+class Resumed:
+    loop: LoopState
+    folder: Path
 
 
-def find_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint (a kill between the two renames leaves it as `.old`)."""
-    folder = Path(folder)
-    for candidate in (folder, folder.with_name(folder.name + ".old")):
-        if (candidate / "loop.json").is_file():
-            return candidate
-    return None
+class CheckpointStore:
+    """The checkpoints of one run: commit, load the last commit, find the best weights."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # reading ----------------------------------------------------------------------------------
+    def last_folder(self) -> Path | None:
+        pointer = self.root / POINTER
+        if not pointer.is_file():
+            if (self.root / "last" / "loop.json").is_file():
+                raise RunDirError(f"{self.root}: a checkpoint from an earlier kitae version cannot be resumed; "
+                                  "start the run afresh with --overwrite")
+            return None
+        return self.root / json.loads(pointer.read_text(encoding="utf-8"))["last"]
+
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             scaler: torch.amp.GradScaler | None) -> Resumed | None:
+        """Restore the last commit into the model, optimizer, scheduler, scaler and RNGs."""
+        folder = self.last_folder()
+        if folder is None:
+            return None
+        load_trainable_state(model, load_file(str(folder / WEIGHTS)))
+        extra = torch.load(folder / "training_state.pt", weights_only=True)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        if scaler is not None and extra.get("scaler"):
+            scaler.load_state_dict(extra["scaler"])
+        set_rng_state(extra["rng"])
+        return Resumed(LoopState(**json.loads((folder / "loop.json").read_text(encoding="utf-8"))), folder)
+
+    def best_folder(self, loop: LoopState) -> Path | None:
+        return None if loop.best_checkpoint is None else self.root / loop.best_checkpoint
+
+    # writing ----------------------------------------------------------------------------------
+    def commit(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               scaler: torch.amp.GradScaler | None, loop: LoopState, rng: dict[str, Any],
+               best_dev_logits: np.ndarray | None = None, new_best: bool = False) -> None:
+        """Write `loop` (and, with `new_best`, the current weights as the best ones, which
+        `loop.best_checkpoint` is set to name) and switch the pointer to it in one rename."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((_number(p.name) for p in self.root.iterdir()), default=0)
+        weights = trainable_state(model)
+        best = None
+        if new_best:
+            loop.best_checkpoint = f"best-{number}"
+            partial = self._fresh(loop.best_checkpoint)
+            save_file(weights, str(partial / WEIGHTS))
+            if best_dev_logits is not None:
+                with open(partial / BEST_DEV_LOGITS, "wb") as handle:
+                    np.save(handle, best_dev_logits)
+            best = self._publish(partial)
+        partial = self._fresh(f"last-{number}")
+        if best is not None:
+            _link_or_copy(best / WEIGHTS, partial / WEIGHTS)  # the same weights: no second write
+        else:
+            save_file(weights, str(partial / WEIGHTS))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng},
+                   partial / "training_state.pt")
+        (partial / "loop.json").write_text(json.dumps(asdict(loop), ensure_ascii=False), encoding="utf-8")
+        last = self._publish(partial)
+        write_json(self.root / POINTER, {"last": last.name})  # the commit
+        for path in self.root.iterdir():  # folders no commit points to any more
+            if path.is_dir() and path.name not in (last.name, loop.best_checkpoint):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _fresh(self, name: str) -> Path:
+        folder = self.root / f"{name}.partial"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def _publish(self, partial: Path) -> Path:
+        """Flush a written folder and give it its final name (still unreferenced until the commit)."""
+        follow_umask(partial)
+        for path in partial.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        final = partial.with_name(partial.name.removesuffix(".partial"))
+        os.replace(partial, final)
+        return final
 
 
-def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> LoopState:
-    load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
-    extra = torch.load(folder / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    set_rng_state(extra["rng"])
-    return LoopState(**json.loads((folder / "loop.json").read_text(encoding="utf-8")))
+def _number(name: str) -> int:
+    match = re.fullmatch(r"(?:last|best)-(\d+)(?:\.partial)?", name)
+    return int(match.group(1)) if match else 0
 
 
-BEST_DEV_LOGITS = "dev_logits.npy"
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
-def save_array(path: Path, array: np.ndarray) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, path)
-
-
-def save_best(folder: Path, model: nn.Module) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "trainable.safetensors.tmp"
-    save_file(trainable_state(model), str(tmp))
-    os.replace(tmp, folder / "trainable.safetensors")
-
-
-def load_best(folder: Path, model: nn.Module) -> None:
-    load_trainable_state(model, load_file(str(Path(folder) / "trainable.safetensors")))
+def load_weights(folder: Path, model: nn.Module) -> None:
+    """Load a checkpoint folder's trainable weights (e.g. the best epoch's) into `model`."""
+    load_trainable_state(model, load_file(str(Path(folder) / WEIGHTS)))

@@ -2,9 +2,11 @@
 resume. Readable top to bottom in `fit`; everything task-specific comes from the `Task`.
 
 Reproducibility: the batches of an epoch are a pure function of (seed, epoch); a checkpoint
-(taken only at optimizer-step boundaries) holds the trainable weights, optimizer, scheduler, RNG
-state and loop counters. A resumed run therefore replays exactly what an uninterrupted one does,
-and ends with the same metrics.
+(taken only at optimizer-step boundaries) holds the trainable weights, optimizer, scheduler, grad
+scaler, RNG state and loop counters. Each optimizer step and each epoch end is one atomic change
+(signals wait until it is whole; the checkpoint is committed by replacing one pointer file), so
+a resumed run replays exactly what an uninterrupted one does and ends with the same metrics,
+wherever it was interrupted — Ctrl-C, SIGTERM or a hard kill.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,7 @@ from kitae.models.classifier import SequenceClassifier
 from kitae.models.precision import PrecisionPlan
 from kitae.tasks.base import Task
 from kitae.training.callbacks import Callback, memory_snapshot
-from kitae.training.checkpoint import (
-    BEST_DEV_LOGITS,
-    LoopState,
-    find_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_array,
-    save_best,
-    save_checkpoint,
-)
+from kitae.training.checkpoint import CheckpointStore, LoopState, rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -67,63 +60,64 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
         training: TrainingConfig, plan: PrecisionPlan, batching: Batching, checkpoint_dir: Path,
         callbacks: Sequence[Callback] = (), resume: bool = False,
         sampler: TrainBatches | None = None) -> LoopState:
-    """Train `classifier`; return the loop state (history, best epoch). The best weights are in
-    `checkpoint_dir / "best"` when this returns. `sampler` defaults to shuffled, length-grouped
-    batches of the whole train split."""
+    """Train `classifier`; return the loop state (history, best epoch; the best weights are in
+    `CheckpointStore(checkpoint_dir).best_folder(state)`, None when no epoch had a defined dev
+    metric). `sampler` defaults to shuffled, length-grouped batches of the whole train split.
+
+    `state` always describes the last optimizer-step boundary, which the weights in memory match:
+    it changes only inside `interrupts.deferred()` blocks, together with the weights (optimizer
+    step) or the checkpoint (epoch end), so Ctrl-C or SIGTERM can never separate the two.
+    """
     device = plan.device
     sampler = sampler or TrainBatches(train.lengths, training.batch_size, training.seed,
                                       training.group_by_length)
     trainable = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = _make_optimizer(classifier, training, plan)
-    batches_per_epoch = sampler.num_batches()
-    updates_per_epoch = math.ceil(batches_per_epoch / training.grad_accum)
-    total_updates = updates_per_epoch * training.epochs
+    # Re-sampling may change the number of batches from epoch to epoch: the schedule spans the
+    # updates every epoch really has, so the learning rate decays exactly to its end.
+    total_updates = sum(math.ceil(sampler.num_batches(epoch) / training.grad_accum)
+                        for epoch in range(training.epochs))
     scheduler = get_scheduler(
         "constant_with_warmup" if training.scheduler == "constant" else training.scheduler,
         optimizer, num_warmup_steps=round(training.warmup_ratio * total_updates),
         num_training_steps=total_updates,
     )
-    scaler = torch.amp.GradScaler("cuda") if plan.autocast_dtype == torch.float16 and device.startswith("cuda") else None
+    scaler = make_grad_scaler(plan)
+    store = CheckpointStore(checkpoint_dir)
 
-    loop = LoopState()
-    last_dir, best_dir = checkpoint_dir / "last", checkpoint_dir / "best"
-    found = find_checkpoint(last_dir) if resume else None
-    if found is not None:
-        loop = load_checkpoint(found, classifier, optimizer, scheduler)
-        logger.info("resumed from %s: epoch %d, batch %d, update %d", found, loop.epoch + 1,
-                    loop.batches_done, loop.global_step)
+    state = LoopState()
+    resumed = store.load(classifier, optimizer, scheduler, scaler) if resume else None
+    if resumed is not None:
+        state = resumed.loop
+        logger.info("resumed from %s: epoch %d, batch %d, update %d", resumed.folder, state.epoch + 1,
+                    state.batches_done, state.global_step)
     elif resume:
-        logger.info("no checkpoint found in %s: starting from the beginning", last_dir)
+        logger.info("no checkpoint found in %s: starting from the beginning", checkpoint_dir)
 
     info = {"examples": len(train), "epochs": training.epochs, "batch_size": training.batch_size,
             "grad_accum": training.grad_accum, "updates": total_updates,
             "trainable_parameters": sum(p.numel() for p in trainable), "precision": plan.describe(),
-            "history": loop.history}
+            "history": state.history}
     for cb in callbacks:
         cb.on_train_begin(info)
 
-    # State at the last optimizer-step boundary: what an interruption saves.
-    boundary_rng = rng_state()
-    boundary_batches = loop.batches_done
-    boundary_loss = (loop.epoch_loss_sum, loop.epoch_loss_batches)
+    boundary_rng = rng_state()  # the RNG at the boundary `state` describes
     last_save = time.monotonic()
+    clock = time.monotonic()
 
-    def save_last(batches_done: int, rng: dict[str, Any], loss: tuple[float, int]) -> None:
-        loop.batches_done = batches_done
-        loop.epoch_loss_sum, loop.epoch_loss_batches = loss
-        save_checkpoint(last_dir, classifier, optimizer, scheduler, loop, rng)
+    def commit(**best: Any) -> None:
+        store.commit(classifier, optimizer, scheduler, scaler, state, boundary_rng, **best)
 
-    epoch_started = time.monotonic()
-    with _sigterm_as_interrupt():
+    with Interrupts() as interrupts:
         try:
-            while loop.epoch < training.epochs and not loop.stopped_early:
-                epoch_started = time.monotonic()
-                batches = sampler.epoch(loop.epoch)
+            while state.epoch < training.epochs and not state.stopped_early:
+                batches = sampler.epoch(state.epoch)
                 for cb in callbacks:
-                    cb.on_epoch_begin(loop.epoch, len(batches), loop.batches_done)
+                    cb.on_epoch_begin(state.epoch, len(batches), state.batches_done)
                 classifier.train()
                 optimizer.zero_grad(set_to_none=True)
-                for batch_index in range(loop.batches_done, len(batches)):
+                pending_loss, pending_batches = 0.0, 0  # batches since the boundary
+                for batch_index in range(state.batches_done, len(batches)):
                     indices = batches[batch_index]
                     inputs = batching.tensors(train, indices, device)
                     targets = task.collate_targets([train.targets[i] for i in indices]).to(device)
@@ -133,84 +127,104 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
                     loss = task.loss(logits, targets)
                     scaled = loss / training.grad_accum
                     (scaler.scale(scaled) if scaler else scaled).backward()
-                    loop.epoch_loss_sum += loss.item()
-                    loop.epoch_loss_batches += 1
+                    pending_loss += loss.item()
+                    pending_batches += 1
 
                     is_boundary = (batch_index + 1) % training.grad_accum == 0 or batch_index + 1 == len(batches)
                     if is_boundary:
-                        _optimizer_step(optimizer, scheduler, scaler, trainable, training.max_grad_norm)
-                        loop.global_step += 1
-                        boundary_rng = rng_state()
-                        boundary_batches = batch_index + 1
-                        boundary_loss = (loop.epoch_loss_sum, loop.epoch_loss_batches)
-                    step = {"epoch": loop.epoch, "batch": batch_index + 1, "global_step": loop.global_step,
+                        with interrupts.deferred():
+                            _optimizer_step(optimizer, scheduler, scaler, trainable, training.max_grad_norm)
+                            state.global_step += 1
+                            state.batches_done = batch_index + 1
+                            state.epoch_loss_sum += pending_loss
+                            state.epoch_loss_batches += pending_batches
+                            pending_loss, pending_batches = 0.0, 0
+                            boundary_rng = rng_state()
+                    step = {"epoch": state.epoch, "batch": batch_index + 1, "global_step": state.global_step,
                             "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "examples": len(indices),
                             "tokens": int(inputs["attention_mask"].sum())}
                     for cb in callbacks:
                         cb.on_step_end(step)
                     if is_boundary and batch_index + 1 < len(batches) and _checkpoint_due(
-                            training, loop.global_step, last_save):
-                        save_last(boundary_batches, boundary_rng, boundary_loss)
+                            training, state.global_step, last_save):
+                        with interrupts.deferred():
+                            state.train_seconds += time.monotonic() - clock
+                            clock = time.monotonic()
+                            commit()
                         last_save = time.monotonic()
-                loop.train_seconds += time.monotonic() - epoch_started
-                epoch_started = time.monotonic()
 
-                row = _end_of_epoch(classifier, task, dev, loop, training, plan, batching, best_dir)
+                # The epoch's end: evaluate, then commit the next state (and the best weights)
+                # in one step. An interruption before the commit replays the epoch end on resume.
+                trained = time.monotonic() - clock  # training time only, evaluation excluded
+                logits, row, improved = _end_of_epoch(classifier, task, dev, state, training, plan, batching,
+                                                      state.train_seconds + trained)
+                with interrupts.deferred():
+                    state = _next_epoch_state(state, row, improved, training, trained)
+                    boundary_rng = rng_state()
+                    commit(new_best=improved, best_dev_logits=logits)
+                clock = last_save = time.monotonic()
                 for cb in callbacks:
                     cb.on_epoch_end(row)
-                loop.epoch += 1
-                boundary_rng, boundary_batches, boundary_loss = rng_state(), 0, (0.0, 0)
-                save_last(0, boundary_rng, boundary_loss)
-                last_save = time.monotonic()
         except KeyboardInterrupt:
-            loop.train_seconds += time.monotonic() - epoch_started
-            save_last(boundary_batches, boundary_rng, boundary_loss)
-            logger.warning("interrupted: checkpoint saved at epoch %d, batch %d", loop.epoch + 1, boundary_batches)
+            with interrupts.deferred():
+                state.train_seconds += time.monotonic() - clock
+                commit()
+                interrupts.pending = False  # a second Ctrl-C while saving changes nothing
+            logger.warning("interrupted: checkpoint saved at epoch %d, batch %d", state.epoch + 1, state.batches_done)
             raise TrainingInterrupted(
-                f"training interrupted at epoch {loop.epoch + 1}, batch {boundary_batches}; "
+                f"training interrupted at epoch {state.epoch + 1}, batch {state.batches_done}; "
                 "run the same command with --resume to continue"
             ) from None
-    summary = {"best_epoch": loop.best_epoch, "best_metric": loop.best_metric, "train_seconds": loop.train_seconds}
+    summary = {"best_epoch": state.best_epoch, "best_metric": state.best_metric, "train_seconds": state.train_seconds}
     for cb in callbacks:
         cb.on_train_end(summary)
-    return loop
+    return state
 
 
-def _end_of_epoch(classifier: SequenceClassifier, task: Task, dev: EncodedSplit | None, loop: LoopState,
-                  training: TrainingConfig, plan: PrecisionPlan, batching: Batching, best_dir: Path) -> dict[str, Any]:
-    """Evaluate on dev, record the history row, keep the best weights, decide early stopping."""
+def _end_of_epoch(classifier: SequenceClassifier, task: Task, dev: EncodedSplit | None, state: LoopState,
+                  training: TrainingConfig, plan: PrecisionPlan, batching: Batching,
+                  seconds: float) -> tuple[np.ndarray | None, dict[str, Any], bool]:
+    """Evaluate on dev: (dev logits, the history row, whether this epoch is the best so far).
+    Changes nothing: the caller commits the result."""
     row: dict[str, Any] = {
-        "epoch": loop.epoch + 1,
-        "step": loop.global_step,
-        "train_loss": loop.epoch_loss_sum / max(loop.epoch_loss_batches, 1),
+        "epoch": state.epoch + 1,
+        "step": state.global_step,
+        "train_loss": state.epoch_loss_sum / max(state.epoch_loss_batches, 1),
     }
-    if dev is not None:
+    logits = None
+    if dev is None:
+        improved = True  # no dev data: the last epoch is the selected one
+    else:
         logits = predict_logits(classifier, dev, training.eval_batch_size or 2 * training.batch_size,
                                 plan, batching)
         metrics = task.metrics(dev.targets, logits)
         row.update({f"dev_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
         current = metrics[training.select_metric]
-    else:
-        current = None  # no dev data: the last epoch is the selected one
-    row["seconds"] = round(loop.train_seconds, 2)
+        if math.isnan(current):
+            logger.warning("epoch %d: dev %s is undefined (NaN); this epoch cannot be selected",
+                           state.epoch + 1, training.select_metric)
+        improved = is_better(training.select_metric, current, state.best_metric)
+    row["seconds"] = round(seconds, 2)
     row.update(memory_snapshot())
-    loop.history.append(row)
-    loop.epoch_loss_sum, loop.epoch_loss_batches = 0.0, 0
-    if current is None or is_better(training.select_metric, current, loop.best_metric):
-        loop.best_metric, loop.best_epoch = current, loop.epoch + 1
-        loop.epochs_without_improvement = 0
-        save_best(best_dir, classifier)
-        if dev is not None:
-            # The selected model's dev logits: the final report reuses them instead of running
-            # the whole dev set through the model a second time.
-            save_array(best_dir / BEST_DEV_LOGITS, logits)
+    return logits, row, improved
+
+
+def _next_epoch_state(state: LoopState, row: dict[str, Any], improved: bool, training: TrainingConfig,
+                      seconds: float) -> LoopState:
+    """The loop state after an epoch's end (a new object: the old one stays valid until the commit)."""
+    new = replace(state, epoch=state.epoch + 1, batches_done=0, epoch_loss_sum=0.0, epoch_loss_batches=0,
+                  history=[*state.history, row], train_seconds=state.train_seconds + seconds)
+    if improved:
+        new.best_metric = row.get(f"dev_{training.select_metric}")
+        new.best_epoch = row["epoch"]
+        new.epochs_without_improvement = 0
     else:
-        loop.epochs_without_improvement += 1
+        new.epochs_without_improvement += 1
         patience = training.early_stopping_patience
-        if patience is not None and loop.epochs_without_improvement >= patience:
+        if patience is not None and new.epochs_without_improvement >= patience:
             logger.info("early stopping: no dev %s improvement for %d epochs", training.select_metric, patience)
-            loop.stopped_early = True
-    return row
+            new.stopped_early = True
+    return new
 
 
 @torch.inference_mode()
@@ -279,18 +293,49 @@ def _autocast(plan: PrecisionPlan) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(device_type=plan.device.split(":")[0], dtype=plan.autocast_dtype)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill PID` checkpoints like Ctrl-C does (only in the main thread, where signals work)."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+def make_grad_scaler(plan: PrecisionPlan) -> torch.amp.GradScaler | None:
+    """fp16 autocast needs loss scaling (its gradients underflow); bf16 and float32 do not."""
+    if plan.autocast_dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(plan.device.split(":")[0])
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+class Interrupts:
+    """Ctrl-C and SIGTERM (`kill PID`) as KeyboardInterrupt — except inside `deferred()` blocks,
+    where the signal waits until the block ends. A block holds a change that must happen whole:
+    an optimizer step with its counters, a checkpoint commit. (Signals only work in the main
+    thread; elsewhere this does nothing.)"""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread
+            self.previous.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.depth:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if self.depth == 0 and self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
