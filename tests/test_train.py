@@ -252,3 +252,23 @@ def test_a_collapsed_model_is_reported():
     targets = [np.array([1, 0]), np.array([0, 1])]
     assert multi.collapse_warning(targets, np.full((2, 2), -3.0)) is not None  # never any category
     assert multi.collapse_warning(targets, np.array([[3.0, -3.0], [-3.0, -3.0]])) is None
+
+
+def test_a_select_metric_nan_in_every_epoch_keeps_the_last_epoch(tiny_models, separable_data, tmp_path):
+    # A learning rate of 1e6 without clipping diverges in the first epoch: dev loss is NaN in
+    # every epoch, so no epoch can be selected on it. The run still finishes, with the last epoch.
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run", adapter={"type": "full"},
+                      training={"epochs": 2, "lr": 1e6, "max_grad_norm": None, "batch_size": 4,
+                                "select_metric": "loss"})
+    result = _train(cfg)
+    run = result.run_dir
+    history = (run / "history.csv").read_text().splitlines()
+    loss_column = history[0].split(",").index("dev_loss")
+    assert [row.split(",")[loss_column] for row in history[1:]] == ["nan", "nan"]
+    summary = json.loads((run / "metrics.json").read_text())["summary"]
+    assert summary["selected_epoch"] == result.best_epoch == 2
+    assert any("undefined (NaN) in every epoch" in w and "last epoch (2)" in w for w in summary["warnings"])
+    assert any("diverged" in w for w in summary["warnings"])
+    assert "undefined (NaN) in every epoch" in (run / "train.log").read_text(encoding="utf-8")
+    assert "**Warning:** dev loss was undefined" in (run / "README.md").read_text(encoding="utf-8")
+    assert (run / "model" / "model.safetensors").is_file() and not (run / "checkpoints").exists()

@@ -199,6 +199,11 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
         warnings.append(f"dev {training.select_metric} was undefined (NaN) in every epoch, so no epoch could be "
                         f"selected on it: the model of the last epoch ({len(loop.history)}) is kept.")
         logger.warning(warnings[-1])
+    diverged = next((row["epoch"] for row in loop.history if not np.isfinite(row["train_loss"])), None)
+    if diverged is not None:
+        warnings.append(f"the train loss became NaN or infinite in epoch {diverged}: training diverged. Lower "
+                        f"training.lr (it is {training.lr:g}) and keep training.max_grad_norm set.")
+        logger.warning(warnings[-1])
     best_dev = best / BEST_DEV_LOGITS if best is not None else None
     metrics: dict[str, dict[str, Any]] = {}
     eval_batch = training.eval_batch_size or 2 * training.batch_size

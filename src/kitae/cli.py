@@ -52,8 +52,10 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
-    handler = RichHandler(console=errors, show_path=False, show_time=False, markup=False)
-    logging.getLogger("kitae").addHandler(handler)
+    kitae_logger = logging.getLogger("kitae")
+    for old in [h for h in kitae_logger.handlers if isinstance(h, RichHandler)]:
+        kitae_logger.removeHandler(old)  # a second command in one process (a notebook, tests) logs once
+    kitae_logger.addHandler(RichHandler(console=errors, show_path=False, show_time=False, markup=False))
     logging.getLogger("kitae").setLevel(logging.DEBUG if verbose else logging.INFO)
     # transformers' own load reports are noise next to kitae's summary.
     logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -27,8 +27,21 @@ def prepare_data(config: RunConfig) -> tuple[Task, dict[str, list[Example]]]:
     task = task_class(config, task_class.fit_labels(_expand(train_rows, config.data), config))
     train, dev, test = _load_splits(config, task, train_rows)
     examples = {name: split for name, split in (("train", train), ("dev", dev), ("test", test)) if split}
+    _check_select_metric(config, task, dev)
     task.fit_train([e.target for e in train])
     return task, examples
+
+
+def _check_select_metric(config: RunConfig, task: Task, dev: list[Example] | None) -> None:
+    """Refuse a select metric the dev data cannot define (ROC-AUC on one class): every epoch's
+    value would be NaN and no epoch could be selected."""
+    metric = config.training.select_metric
+    if not dev or (reason := task.undefined_metric(metric, [e.target for e in dev])) is None:
+        return
+    source = dev[0].row.path
+    held_out = "" if config.data.dev else " (the dev part held out from it)"
+    raise DataError(f"training.select_metric {metric} is undefined on dev{held_out}: {reason}; select on "
+                    "another metric or use a dev set where it is defined", path=source)
 
 
 
@@ -43,6 +56,8 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
     if data.split_file is not None:
         train_rows, dev_rows, test_rows = _rows_by_split_file(train_rows, data.split_file, data.id_field)
         return _subsets(config, task, build(train_rows, "train"), build(dev_rows, "dev"), build(test_rows, "test"))
+    # Train first: its errors are reported before those of dev and test.
+    train = None if data.from_preference else build(train_rows, "train")
     dev = build(read_rows(data.dev, data.encoding), "dev") if data.dev else None
     test = build(read_rows(data.test, data.encoding), "test") if data.test else None
     split = data.split
@@ -57,7 +72,7 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
         dev = dev if dev is not None else build(parts[1], "dev")
         test = test if test is not None else build(parts[2], "test")
         return _subsets(config, task, build(parts[0], "train"), dev, test)
-    train = build(train_rows, "train")
+    assert train is not None
     if split is not None:
         fractions = [split.dev if dev is None else 0.0, split.test if test is None else 0.0]
         train, dev_part, test_part = task.split(train, fractions, split.seed, split.stratify)
@@ -89,11 +104,26 @@ def _rows_by_split_file(rows: list, split_file: Path, id_field: str) -> tuple[li
         raise DataError(f"not valid JSON: {exc.msg}", path=split_file, line=exc.lineno) from None
     if not isinstance(ids, dict) or not isinstance(ids.get("train"), list):
         raise DataError("expected an object with a list of ids under 'train' (and 'dev', 'test')", path=split_file)
-    by_id = {}
+    listed: dict[str, str] = {}  # id -> the part that lists it
+    for name in ("train", "dev", "test"):
+        part = ids.get(name, [])
+        if not isinstance(part, list):
+            raise DataError(f"expected a list of ids, got {type(part).__name__}", path=split_file, field=name)
+        for value in part:
+            if str(value) in listed:
+                where = "twice in it" if listed[str(value)] == name else f"in '{listed[str(value)]}' too"
+                raise DataError(f"id {str(value)!r} is listed twice ({where}): an example in two parts, or "
+                                "twice in one, would count twice", path=split_file, field=name)
+            listed[str(value)] = name
+    by_id: dict[str, Row] = {}
     for row in rows:
         if id_field not in row.values:
             raise row.error("missing id column (data.split_file selects rows by id)", id_field)
-        by_id[str(row.values[id_field])] = row
+        key = str(row.values[id_field])
+        if key in by_id:
+            raise row.error(f"id {key!r} is also on line {by_id[key].line}: data.split_file selects rows by "
+                            "id, so every id must be unique", id_field)
+        by_id[key] = row
     parts = []
     for name in ("train", "dev", "test"):
         unknown = [i for i in ids.get(name, []) if str(i) not in by_id]

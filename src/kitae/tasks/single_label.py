@@ -6,6 +6,7 @@ per-class report, ROC-AUC (binary, or one-vs-rest macro), log loss, confusion ma
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,13 +28,32 @@ from kitae.tasks.base import Task
 logger = logging.getLogger(__name__)
 
 
-def _label_text(value: Any) -> str | None:
-    if value is None:
-        return None
+def _label_text(row: Row, field: str) -> str:
+    """The label of a row as text (1, 1.0 and "1" are the same label "1"); errors for a missing
+    or empty label and for values that are not one label (a list, a dict, true/false)."""
+    if field not in row.values:
+        raise row.error("missing label column", field)
+    value = row.values[field]
+    if isinstance(value, list | dict):
+        raise row.error(f"expected one label, got a {type(value).__name__} ({json.dumps(value, ensure_ascii=False)[:60]}); "
+                        "several labels per text are task: multi_label", field)
+    if isinstance(value, bool):
+        raise row.error(f"expected a label, got the JSON boolean {str(value).lower()}; write it as a string "
+                        f"(\"{str(value).lower()}\") if it is one", field)
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 1.0 from a parquet/CSV float column is the label "1"
-    text = str(value).strip()
-    return text or None
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise row.error("empty label", field)
+    return text
+
+
+def _is_numeral(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class SingleLabelTask(Task):
@@ -43,12 +63,20 @@ class SingleLabelTask(Task):
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
         field = config.data.label_field
         seen: set[str] = set()
+        first_number: Row | None = None  # a JSON number label, and a text label that is no numeral:
+        first_text: Row | None = None    # both in one column is a data error, not two classes
         for row in rows:
-            if field not in row.values:
-                raise row.error("missing label column", field)
-            label = _label_text(row.values[field])
-            if label is None:
-                raise row.error("empty label", field)
+            label = _label_text(row, field)
+            if isinstance(row.values[field], int | float):
+                first_number = first_number or row
+            elif not _is_numeral(label):
+                first_text = first_text or row
+            if first_number is not None and first_text is not None:
+                later, earlier = sorted((first_number, first_text), key=lambda r: r.line, reverse=True)
+                raise later.error(
+                    f"the label column mixes numbers and text ({first_number.values[field]!r} on line "
+                    f"{first_number.line}, {first_text.values[field]!r} on line {first_text.line}); "
+                    "write every label the same way", field)
             seen.add(label)
         if config.data.labels is not None:
             extra = sorted(seen - set(config.data.labels))
@@ -95,11 +123,7 @@ class SingleLabelTask(Task):
 
     def encode_target(self, row: Row) -> int:
         field = self.config.data.label_field
-        if field not in row.values:
-            raise row.error("missing label column", field)
-        label = _label_text(row.values[field])
-        if label is None:
-            raise row.error("empty label", field)
+        label = _label_text(row, field)
         if label not in self.label_to_index:
             raise row.error(f"label '{label}' was not seen in train (train labels: {', '.join(self.labels)})", field)
         return self.label_to_index[label]
