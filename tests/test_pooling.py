@@ -84,7 +84,7 @@ def test_encoder_cls_pooling_is_the_models_own_forward(tiny_models):
 
 
 def test_auto_pooling_choice():
-    from kitae.api import resolve_pooling
+    from kitae.tasks.classification import resolve_pooling
 
     assert resolve_pooling("auto", True, ["score"]) == "last"
     assert resolve_pooling("auto", False, ["classifier"]) == "cls"  # pretrained pooler: use it

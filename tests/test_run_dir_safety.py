@@ -131,7 +131,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(finished, tmp
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr("kitae.api.load_for_classification", out_of_memory)
+    monkeypatch.setattr("kitae.models.loading.load_for_classification", out_of_memory)
     with pytest.raises(RuntimeError, match="out of memory"):
         kitae.train(config_from_dict(cfg), overwrite=True, progress=False)
     assert snapshot(run) == before and not _replaced_asides(run)

@@ -24,17 +24,14 @@ import torch
 
 from kitae import __version__
 from kitae.config import RunConfig, config_to_dict, dump_yaml, load_config
-from kitae.data.batching import EncodedSplit, TrainBatches, encode_texts
+from kitae.data.batching import TrainBatches
 from kitae.data.examples import Example
 from kitae.data.prepare import prepare_data
 from kitae.errors import ConfigError, KitaeError, RunDirError
 from kitae.log import attach_run_log
-from kitae.models.adapters import apply_adapter, count_parameters
-from kitae.models.classifier import SequenceClassifier, find_head_name
-from kitae.models.loading import check_token_budget, load_for_classification, load_tokenizer
-from kitae.models.persist import save_classifier
+from kitae.models.loading import Backbone, check_token_budget, load_backbone
 from kitae.models.precision import PrecisionPlan, plan_precision, probe_caps
-from kitae.models.sources import ModelSource, resolve_source
+from kitae.models.sources import resolve_source
 from kitae.predictor import Classifier, Prediction, load
 from kitae.runs import (
     CHECKPOINT_DIR,
@@ -47,13 +44,12 @@ from kitae.runs import (
     run_status,
     update_run_info,
     write_json,
-    write_jsonl,
     write_text_atomic,
 )
 from kitae.tasks.base import Task
 from kitae.training.callbacks import Callback, EpochLogger, HistoryWriter, ProgressBar
-from kitae.training.checkpoint import BEST_DEV_LOGITS, CheckpointStore, load_weights
-from kitae.training.loop import Batching, fit, predict_logits
+from kitae.training.checkpoint import CheckpointStore, load_best_outputs, load_weights
+from kitae.training.loop import fit
 
 __all__ = ["Classifier", "Prediction", "TrainResult", "load", "prepare_data", "train"]
 
@@ -63,9 +59,10 @@ logger = logging.getLogger("kitae")
 @dataclass
 class TrainResult:
     run_dir: Path
+    task: str
     metrics: dict[str, dict[str, Any]]  # split -> metrics of the selected model
     best_epoch: int | None
-    logits: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    logits: dict[str, Any] = field(repr=False, default_factory=dict)  # split -> outputs (logits, generations)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,13 +82,15 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
         config = load_config(config_file, overrides)
     assert isinstance(config, RunConfig)
     # Everything that can be checked is checked before the run directory is touched: the data,
-    # what the hardware can do (e.g. QLoRA without CUDA), the model name and its tokenizer.
+    # what the hardware can do (e.g. QLoRA without CUDA), the model name, its tokenizer and config,
+    # and the tokenised inputs (e.g. an SFT prompt longer than model.max_length).
     task, examples = prepare_data(config)
     plan = plan_precision(probe_caps(config.training.device), config.model.dtype,
                           config.model.attn_implementation, config.adapter.type)
     source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
-    tokenizer = load_tokenizer(source, config.model)
-    check_token_budget(tokenizer, config.model.max_length, pair=bool(config.data.text_fields))
+    backbone = load_backbone(source, config.model)
+    check_token_budget(backbone.tokenizer, config.model.max_length, pair=bool(config.data.text_fields))
+    splits = {name: task.encode(name, split, backbone) for name, split in examples.items()}
 
     run_dir, lock, replaced = _open_run_dir(config, _inputs(config, config_file), overwrite=overwrite,
                                             resume=resume)
@@ -103,7 +102,7 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
                     replaced.aside)
         watchers.insert(0, _DiscardReplacedRun(run_dir, replaced))
     try:
-        result = _train(config, task, examples, plan, source, tokenizer, run_dir, resume, watchers, progress)
+        result = _train(config, task, examples, splits, plan, backbone, run_dir, resume, watchers, progress)
     except BaseException as exc:
         from kitae.training.loop import TrainingInterrupted
 
@@ -146,54 +145,42 @@ def _inputs(config: RunConfig, config_file: Path | None) -> dict[str, Path]:
     return inputs
 
 
-def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], plan: PrecisionPlan,
-           source: ModelSource, tokenizer: Any, run_dir: Path, resume: bool, callbacks: list[Callback],
+def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], splits: dict[str, Any],
+           plan: PrecisionPlan, backbone: Backbone, run_dir: Path, resume: bool, callbacks: list[Callback],
            progress: bool | None) -> TrainResult:
     training = config.training
     torch.manual_seed(training.seed)  # head and adapter initialisation
-    labels = task.labels
 
-    # 1. Data (read and checked before the run directory was touched).
-    logger.info("data: %s examples; %d labels: %s",
-                ", ".join(f"{name} {len(split)}" for name, split in examples.items()), len(labels),
-                ", ".join(labels))
+    # 1. Data (read, checked and tokenised before the run directory was touched).
+    logger.info("data: %s examples%s", ", ".join(f"{name} {len(split)}" for name, split in examples.items()),
+                f"; {len(task.labels)} labels: {', '.join(task.labels)}" if task.labels else "")
+    for name, split in splits.items():
+        if split.truncated:
+            logger.warning("%s: %d of %d inputs are longer than model.max_length=%d tokens and were truncated",
+                           name, split.truncated, len(examples[name]), config.model.max_length)
 
-    # 2. Model: backbone -> adapter -> classifier with padding-safe pooling.
+    # 2. Model: the task builds it on the backbone (head or LM, adapter).
     logger.info("compute: %s", plan.describe())
-    id2label = dict(enumerate(labels))
-    loaded = load_for_classification(source, config.model, plan, id2label, tokenizer.pad_token_id,
-                                     task.problem_type)
-    pooling = resolve_pooling(config.model.pooling, loaded.is_decoder, loaded.new_modules)
-    model = apply_adapter(loaded.model, config.adapter, find_head_name(loaded.model), loaded.new_modules,
-                          training.gradient_checkpointing)
-    classifier = SequenceClassifier(model, loaded.model, pooling, loaded.is_decoder)
-    trainable, total = count_parameters(classifier)
-    logger.info("model: %s (%s, pooling %s, adapter %s): %s of %s parameters trainable (%.2f%%)",
-                config.model.name, "decoder" if loaded.is_decoder else "encoder", pooling,
-                config.adapter.type, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+    model = task.build_model(backbone, plan)
 
-    # 3. Tokenise once.
-    splits = {name: _encode(name, split, tokenizer, task, loaded.is_decoder)
-              for name, split in examples.items()}
-    batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
-
-    # 4. Train, selecting the best epoch on dev.
+    # 3. Train, selecting the best epoch on dev.
     checkpoint_dir = run_dir / CHECKPOINT_DIR
     watchers: list[Callback] = [ProgressBar(disable=None if progress is None else not progress),
-                                EpochLogger(training.select_metric), HistoryWriter(run_dir, training.select_metric)]
+                                EpochLogger(training.select_metric, task.report_metrics[0]),
+                                HistoryWriter(run_dir, training.select_metric, task.report_metrics[0])]
     sampler = TrainBatches(splits["train"].lengths, training.batch_size, training.seed,
                            training.group_by_length, resample=task.resampler(splits["train"].targets))
     if sampler.resample is not None:
         _report_balance(run_dir, task, splits["train"].targets, sampler)
-    loop = fit(classifier, task, splits["train"], splits.get("dev"), training, plan, batching,
-               checkpoint_dir, [*watchers, *callbacks], resume=resume, sampler=sampler)
+    loop = fit(model, task, splits["train"], splits.get("dev"), training, plan, checkpoint_dir,
+               [*watchers, *callbacks], resume=resume, sampler=sampler)
 
-    # 5. The selected model: fit what is chosen on dev (e.g. thresholds), evaluate dev and test
+    # 4. The selected model: fit what is chosen on dev (e.g. thresholds), evaluate dev and test
     #    once, save everything.
     warnings = []
     best = CheckpointStore(checkpoint_dir).best_folder(loop)
     if best is not None:
-        load_weights(best, classifier)
+        load_weights(best, model)
     else:
         # Dev had the metric undefined (NaN) in every epoch: nothing to select on.
         warnings.append(f"dev {training.select_metric} was undefined (NaN) in every epoch, so no epoch could be "
@@ -204,42 +191,44 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], pl
         warnings.append(f"the train loss became NaN or infinite in epoch {diverged}: training diverged. Lower "
                         f"training.lr (it is {training.lr:g}) and keep training.max_grad_norm set.")
         logger.warning(warnings[-1])
-    best_dev = best / BEST_DEV_LOGITS if best is not None else None
-    metrics: dict[str, dict[str, Any]] = {}
     eval_batch = training.eval_batch_size or 2 * training.batch_size
-    all_logits = {name: np.load(best_dev) if name == "dev" and best_dev is not None and best_dev.is_file()
-                  else predict_logits(classifier, splits[name], eval_batch, plan, batching)
-                  for name in ("dev", "test") if name in splits}
-    task.fit_after_training(splits["dev"].targets if "dev" in splits else None, all_logits.get("dev"))
-    if "dev" in all_logits and (collapse := task.collapse_warning(splits["dev"].targets, all_logits["dev"])):
+    outputs: dict[str, Any] = {}
+    for name in ("dev", "test"):
+        if name not in splits:
+            continue
+        kept = load_best_outputs(best) if name == "dev" and best is not None else None
+        outputs[name] = (kept if kept is not None and task.outputs_are_final(kept)
+                         else task.evaluate(model, splits[name], plan, eval_batch, final=True))
+    task.fit_after_training(splits["dev"].targets if "dev" in splits else None, outputs.get("dev"))
+    if "dev" in outputs and (collapse := task.collapse_warning(splits["dev"].targets, outputs["dev"])):
         warnings.append(f"dev: {collapse}: the model has not learned the task. A lower training.lr often helps "
                         f"(LoRA on encoders about 5e-4, full fine-tuning 1e-5 to 5e-5), or class weights "
                         f"(balance.class_weights) when one class dominates.")
         logger.warning(warnings[-1])
-    for name, logits in all_logits.items():
-        split = splits[name]
-        metrics[name] = task.metrics(split.targets, logits)
-        write_jsonl(run_dir / f"predictions_{name}.jsonl", task.prediction_records(split.ids, logits, split.targets))
-        task.write_reports(run_dir, name, split.targets, logits)
+    metrics: dict[str, dict[str, Any]] = {}
+    for name, split_outputs in outputs.items():
+        metrics[name] = task.metrics(splits[name].targets, split_outputs)
+        task.write_outputs(run_dir, name, splits[name], split_outputs)
     summary = {"selected_epoch": loop.best_epoch if best is not None else len(loop.history), "select_metric": training.select_metric,
                "epochs_run": len(loop.history), "stopped_early": loop.stopped_early,
                "train_seconds": round(loop.train_seconds, 2),
-               "train_examples": len(splits["train"]), "truncated": {n: s.encoded.truncated for n, s in splits.items()},
+               "train_examples": len(examples["train"]), "truncated": {n: s.truncated for n, s in splits.items()},
                "warnings": warnings}
     write_json(run_dir / "metrics.json", {**metrics, "summary": summary})
-    write_json(run_dir / "labels.json", {"task": config.task, "labels": labels})
-    meta = {"task": config.task, "labels": labels, "pooling": pooling,
+    write_json(run_dir / "labels.json", {"task": config.task, "labels": task.labels})
+    source = backbone.source
+    meta = {"task": config.task, "labels": task.labels,
             "base_model": {"path": source.path, "gguf_file": source.gguf_file, "revision": source.revision},
             "model": config.model.model_dump(mode="json"), "adapter": config.adapter.model_dump(mode="json"),
             "data": {"template": config.data.template, "text_field": config.data.text_field,
                      "text_fields": config.data.text_fields, "prompt_field": config.data.prompt_field,
                      "label_field": config.data.label_field, "id_field": config.data.id_field},
             "task_state": task.state(), "kitae_version": __version__}
-    save_classifier(classifier, tokenizer, run_dir / MODEL_DIR, meta)
+    task.save_model(model, backbone, run_dir / MODEL_DIR, meta)
     write_card(run_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    _log_metrics(metrics)
-    return TrainResult(run_dir, metrics, summary["selected_epoch"], all_logits)
+    _log_metrics(task, metrics)
+    return TrainResult(run_dir, config.task, metrics, summary["selected_epoch"], outputs)
 
 
 def write_card(run_dir: Path) -> None:
@@ -264,18 +253,6 @@ def _report_balance(run_dir: Path, task: Task, targets: list[Any], sampler: Trai
     write_json(run_dir / "balance.json", report)
     logger.info("re-sampling train each epoch: %d rows -> %d; rates %s -> %s", report["rows_before"],
                 report["rows_after_epoch_1"], report["rates_before"], report["rates_after_epoch_1"])
-
-
-def resolve_pooling(requested: str, is_decoder: bool, new_modules: list[str]) -> str:
-    """auto: the last real token for decoders; for encoders the model's own CLS pooler when it
-    was pretrained, else the mean of real tokens (e5-style encoders ship no pooler, and a random
-    pooler in front of the head trains worse: 0.94 vs 1.00 test accuracy on the quickstart data)."""
-    if requested != "auto":
-        return requested
-    if is_decoder:
-        return "last"
-    fresh_pooler = any("pooler" in name.split(".") for name in new_modules)
-    return "mean" if fresh_pooler else "cls"
 
 
 def _open_run_dir(config: RunConfig, inputs: dict[str, Path], *, overwrite: bool,
@@ -333,20 +310,7 @@ def _open_run_dir(config: RunConfig, inputs: dict[str, Path], *, overwrite: bool
     return run_dir, lock, replaced
 
 
-def _encode(name: str, examples: list[Example], tokenizer: Any, task: Task, is_decoder: bool) -> EncodedSplit:
-    texts, group_size = task.model_texts([e.text for e in examples], is_decoder)
-    config = task.config
-    encoded = encode_texts(tokenizer, texts, config.model.max_length)
-    if encoded.truncated:
-        logger.warning("%s: %d of %d texts are longer than model.max_length=%d tokens and were truncated",
-                       name, encoded.truncated, len(texts), config.model.max_length)
-    return EncodedSplit(name, [e.id for e in examples], encoded, [e.target for e in examples], group_size)
-
-
-def _log_metrics(metrics: dict[str, dict[str, Any]]) -> None:
+def _log_metrics(task: Task, metrics: dict[str, dict[str, Any]]) -> None:
     for name, values in metrics.items():
-        shown = [k for k in ("accuracy", "subset_accuracy", "micro_f1", "macro_f1", "rmse", "pearson", "spearman",
-                             "pairwise_accuracy", "mean_margin") if k in values]
+        shown = [k for k in task.report_metrics[:4] if isinstance(values.get(k), float | int)]
         logger.info("%s: %s", name, ", ".join(f"{k} {values[k]:.4f}" for k in shown))
-
-

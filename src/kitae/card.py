@@ -17,9 +17,6 @@ from kitae.models.sources import hub_model_name, public_model_name
 from kitae.runs import read_json
 
 _LICENSES = {"pypi:gemma-3-270m": "gemma"}
-_HEADLINE = ("accuracy", "macro_f1", "micro_f1", "macro_precision", "macro_recall", "samples_f1", "subset_accuracy",
-             "roc_auc", "macro_roc_auc", "log_loss", "rmse", "mae", "pearson", "spearman",
-             "pairwise_accuracy", "mean_margin")
 _KINDS = {"regression": "regression model", "reward": "reward model (one score per text)"}
 
 
@@ -74,6 +71,9 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     config["model"]["name"] = public_model_name(config["model"]["name"])
     base = base_model_name or config["model"]["name"]
     task = config["task"]
+    from kitae.tasks import get_task_class
+
+    headline = get_task_class(task).report_metrics
     test = metrics.get("test") or metrics.get("dev") or {}
     split_name = "test" if "test" in metrics else "dev"
     dataset = Path(config["data"]["train"]).parent.name or Path(config["data"]["train"]).stem
@@ -85,14 +85,14 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
         "language": ["ja"],
         "pipeline_tag": "text-classification",
         "tags": ["kitae", "text-classification", task.replace("_", "-"), config["adapter"]["type"]],
-        "metrics": [k for k in _HEADLINE if isinstance(test.get(k), float)],
+        "metrics": [k for k in headline if isinstance(test.get(k), float)],
         "model-index": [{
             "name": Path(config["output"]).name,
             "results": [{
                 "task": {"type": "text-classification", "name": task.replace("_", "-")},
                 "dataset": {"name": dataset, "type": dataset, "split": split_name},
                 "metrics": [{"type": k, "value": round(test[k], 6), "name": f"{split_name} {k}"}
-                            for k in _HEADLINE if isinstance(test.get(k), float) and test[k] == test[k]],
+                            for k in headline if isinstance(test.get(k), float) and test[k] == test[k]],
             }],
         }],
     }
@@ -118,9 +118,7 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     history_path = run_dir / "history.csv"
     if history_path.is_file():
         rows = list(csv.DictReader(history_path.open(encoding="utf-8")))
-        columns = [c for c in ("epoch", "train_loss", "dev_loss", "dev_accuracy", "dev_precision", "dev_macro_precision",
-                               "dev_macro_recall", "dev_macro_f1", "dev_micro_f1", "dev_samples_f1", "dev_rmse",
-                               "dev_pearson", "dev_spearman", "dev_pairwise_accuracy", "dev_mean_margin")
+        columns = [c for c in ("epoch", "train_loss", "dev_loss", *(f"dev_{m}" for m in headline[:6]))
                    if rows and c in rows[0]]
         lines += ["", "## Training results (per epoch)", "", "| " + " | ".join(columns) + " |",
                   "|" + "---|" * len(columns)]
@@ -128,7 +126,7 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
             lines.append("| " + " | ".join(_fmt(float(row[c])) if c != "epoch" else row[c] for c in columns) + " |")
         lines += ["", f"Selected epoch: {summary.get('selected_epoch')} (dev `{summary.get('select_metric')}`)."]
     lines += ["", f"## {split_name.capitalize()} metrics (selected model)", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(test[k])} |" for k in _HEADLINE if k in test]
+    lines += [f"| {k} | {_fmt(test[k])} |" for k in headline if k in test]
     lines += [f"\n**Warning:** {warning}" for warning in summary.get("warnings", [])]
     if (run_dir / f"confusion_matrix_{split_name}.png").is_file():
         lines += ["", f"![confusion matrix](confusion_matrix_{split_name}.png)"]

@@ -81,7 +81,7 @@ def train(
 
     _setup_logging(verbose)
     result = train_run(config, overrides=set_ or [], resume=resume, overwrite=overwrite)
-    _print_metrics(result.metrics)
+    _print_metrics(result.metrics, result.task)
     console.print(f"run directory: [bold]{result.run_dir}[/bold] (selected epoch {result.best_epoch})")
 
 
@@ -121,7 +121,7 @@ def evaluate(
     _setup_logging(False)
     clf = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
     metrics = clf.evaluate_file(labelled, output_dir)
-    _print_metrics({labelled.name: metrics})
+    _print_metrics({labelled.name: metrics}, clf.meta["task"])
 
 
 @app.command()
@@ -254,11 +254,11 @@ def _print_label_rates(path: Path, report: dict[str, Any]) -> None:
     console.print(rates)
 
 
-def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
-    wanted = ["accuracy", "subset_accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1",
-              "weighted_f1", "samples_f1", "hamming_loss", "roc_auc", "macro_roc_auc", "log_loss",
-              "rmse", "mae", "r2", "pearson", "spearman", "pairwise_accuracy", "mean_margin", "n"]
-    names = [name for name in wanted if any(name in values for values in metrics.values())]
+def _print_metrics(metrics: dict[str, dict[str, Any]], task: str) -> None:
+    from kitae.tasks import get_task_class
+
+    names = [name for name in (*get_task_class(task).report_metrics, "n")
+             if any(name in values for values in metrics.values())]
     table = Table(title="metrics (selected model)")
     table.add_column("metric")
     for split in metrics:

@@ -302,62 +302,18 @@ class RunConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _preference(self) -> RunConfig:
-        if self.data.from_preference:
-            if self.task not in ("single_label",):
-                raise ValueError("data.from_preference makes single_label examples (for a scalar "
-                                 "reward with the pairwise loss use task: reward)")
-            if self.data.labels is None:
-                self.data.labels = ["rejected", "chosen"]
-        return self
+    def _task_rules(self) -> RunConfig:
+        """The task's own rules and defaults live with the task (kitae.tasks.*.configure)."""
+        from kitae.tasks import get_task_class
 
-    @model_validator(mode="after")
-    def _pair_fields(self) -> RunConfig:
-        data = self.data
-        if data.prompt_field is not None and not (self.task == "reward" or data.from_preference):
-            raise ValueError("data.prompt_field is for preference data (task: reward, or data.from_preference); "
-                             "for other text pairs use data.text_fields")
-        if self.task == "reward":
-            # Each example is the (chosen, rejected) texts of one row, scored one by one.
-            data.text_fields = [data.chosen_field, data.rejected_field]
-            self._check_pair_template([data.prompt_field, data.text_field] if data.prompt_field else None)
-            return self
-        if data.from_preference:
-            # Each row becomes two examples whose response is in text_field (see prepare._expand).
-            expected = [data.prompt_field, data.text_field] if data.prompt_field else None
-            if data.text_fields not in (None, expected):
-                raise ValueError("data.text_fields: from_preference reads chosen_field / rejected_field "
-                                 "(and prompt_field); drop text_fields")
-            data.text_fields = expected
-        if self.task == "pair" and data.text_fields is None:
-            data.text_fields = ["text_a", "text_b"]
-        if data.text_fields is not None and len(data.text_fields) != 2:
-            raise ValueError(f"data.text_fields: a pair needs exactly 2 columns, got {data.text_fields}")
-        self._check_pair_template(data.text_fields)
-        return self
-
-    def _check_pair_template(self, pair_fields: list[str] | None) -> None:
-        """A pair's template (read by decoders) may name only the pair's two columns."""
-        from kitae.data.templates import template_fields
-
-        if pair_fields is None or self.data.template is None:
-            return
-        unknown = [f for f in template_fields(self.data.template) if f not in pair_fields]
-        if unknown:
-            raise ValueError(f"data.template: names {', '.join(unknown)}, but a text pair's template may "
-                             f"name only its two columns: {{{pair_fields[0]}}} and {{{pair_fields[1]}}}")
-
-    @model_validator(mode="after")
-    def _resolve_defaults(self) -> RunConfig:
+        task_class = get_task_class(self.task)
+        task_class.configure(self)
         if self.training.lr is None:
             self.training.lr = 2e-5 if self.adapter.type == "full" else 2e-4
-        from kitae.tasks import TASKS
-
-        entry = TASKS[self.task]
         if self.training.select_metric is None:
-            self.training.select_metric = entry.default_select_metric
-        if self.training.select_metric not in entry.metrics:
-            names = sorted(entry.metrics)
+            self.training.select_metric = task_class.default_select_metric
+        if self.training.select_metric not in task_class.metric_names:
+            names = sorted(task_class.metric_names)
             raise ValueError(
                 f"training.select_metric: '{self.training.select_metric}' is not a {self.task} metric"
                 f"{_did_you_mean(self.training.select_metric, names)}; known: {', '.join(names)}"

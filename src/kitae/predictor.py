@@ -22,6 +22,7 @@ from kitae.data.batching import EncodedSplit, encode_texts
 from kitae.data.examples import build_examples
 from kitae.data.readers import Row, count_rows, iter_rows
 from kitae.errors import DataError, KitaeError, RunDirError
+from kitae.inference.logits import Batching, predict_logits
 from kitae.models.persist import load_classifier
 from kitae.runs import (
     MODEL_DIR,
@@ -32,8 +33,7 @@ from kitae.runs import (
     write_json,
 )
 from kitae.tasks import get_task_class
-from kitae.tasks.base import Task
-from kitae.training.loop import Batching, predict_logits
+from kitae.tasks.classification import ClassificationTask
 
 logger = logging.getLogger("kitae")
 
@@ -59,10 +59,10 @@ class Classifier:
         self.labels: list[str] = meta["labels"]
         self.batch_size = batch_size
         self._batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
-        self._task: Task | None = None
+        self._task: ClassificationTask | None = None
 
     @property
-    def task(self) -> Task:
+    def task(self) -> ClassificationTask:
         if self._task is None:
             if self.config is None:
                 raise RunDirError(f"{self.run_dir}: config.yaml is missing")

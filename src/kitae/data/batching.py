@@ -43,9 +43,14 @@ class EncodedSplit:
     encoded: Encoded
     targets: list[Any] | None
     group_size: int = 1
+    batching: Any = None  # kitae.inference.logits.Batching: the pad token and side of the tokenizer
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def truncated(self) -> int:
+        return self.encoded.truncated
 
     @property
     def lengths(self) -> np.ndarray:

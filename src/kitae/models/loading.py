@@ -69,6 +69,31 @@ def load_tokenizer(source: ModelSource, model_config: ModelConfig) -> Any:
     return tokenizer
 
 
+@dataclass
+class Backbone:
+    """A pretrained model before its weights load: where it comes from, its tokenizer and its
+    transformers config (read first, so a wrong name or bad input fails before anything heavy)."""
+
+    source: ModelSource
+    model_config: ModelConfig
+    tokenizer: Any
+    hf_config: Any
+
+    @property
+    def is_decoder(self) -> bool:
+        return not is_encoder_config(self.hf_config)
+
+
+def load_backbone(source: ModelSource, model_config: ModelConfig) -> Backbone:
+    """The tokenizer and transformers config of a model source (no weights)."""
+    tokenizer = load_tokenizer(source, model_config)
+    try:
+        hf_config = AutoConfig.from_pretrained(source.path, **_source_kwargs(source, model_config))
+    except (OSError, ValueError) as exc:
+        raise _cannot_load("config", source, exc) from None
+    return Backbone(source, model_config, tokenizer, hf_config)
+
+
 def check_token_budget(tokenizer: Any, max_length: int, pair: bool = False) -> None:
     """`model.max_length` must leave room for text beside the special tokens the tokenizer adds
     (else every text would be cut to nothing but [CLS] [SEP])."""

@@ -1,34 +1,74 @@
-"""What a problem type supplies to the shared pipeline.
+"""What a problem type supplies to the shared pipeline: the seam every task implements.
 
-A task turns rows into targets, targets into a loss, logits into predictions and metrics, and
-writes its own reports. Everything else — reading data, loading models, the training loop, the
-run directory — is shared. Adding a problem type is one new module registering a `Task`.
+A task decides everything problem-specific, and nothing else is:
+
+- config: its own rules and defaults (`configure`), the metrics it reports (`metric_names`, the first
+  ones headline the CLI table, the log and the card) and the one it selects on by default;
+- data: how a row becomes a text and a target (`render`, `fit_labels`, `encode_target`), how
+  examples are split;
+- model: which model it builds on the backbone (`build_model`) and how it is saved;
+- batches: how a split is tokenised (`encode`), how a batch is built (`batch`) and its loss
+  computed (`batch_loss`);
+- evaluation: what a model outputs on a split (`evaluate`: logits, or generations), the metrics of
+  those outputs (`metrics`), and the files they become (`write_outputs`).
+
+The loop, checkpoints, run directory and CLI are shared. Classification tasks share one
+implementation of these hooks (`kitae.tasks.classification`); causal-LM tasks another
+(`kitae.tasks.generative`). Adding a problem type is one module plus one line in the registry.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
+from torch import nn
 
-from kitae.config import RunConfig
 from kitae.data.readers import Row
+
+if TYPE_CHECKING:
+    from kitae.config import RunConfig
+    from kitae.data.examples import Example
+    from kitae.models.loading import Backbone
+    from kitae.models.precision import PrecisionPlan
+
+
+@dataclass
+class Batch:
+    """One training batch: the tensors the task's `batch_loss` reads, and what it holds (for
+    progress and throughput)."""
+
+    inputs: dict[str, torch.Tensor]
+    examples: int
+    tokens: int
 
 
 class Task(ABC):
-    name: str
-    problem_type = "single_label_classification"  # transformers' config.problem_type
-    group_size = 1  # token sequences per example (reward: chosen and rejected)
+    name: ClassVar[str]
+    # The metrics the task reports (training.select_metric may name any), most important first.
+    metric_names: ClassVar[tuple[str, ...]]
+    # The few of them that tables, logs and the model card show.
+    report_metrics: ClassVar[tuple[str, ...]]
+    default_select_metric: ClassVar[str]
+    # What `kitae.load` returns for a run of this task: a "classifier" or a "generator".
+    kind: ClassVar[str] = "classifier"
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         self.config = config
         self.labels = labels
 
-    # --- input ----------------------------------------------------------------------------
+    # --- config ---------------------------------------------------------------------------
+    @classmethod
+    def configure(cls, config: RunConfig) -> None:
+        """Apply this task's config rules and defaults in place; raise ValueError with a message
+        naming the key when the config does not fit the task. Default: nothing."""
+        return None
+
+    # --- data -----------------------------------------------------------------------------
     def render(self, row: Row) -> Any:
         """The text of one row (a pair with data.text_fields); errors name file, line and field."""
         from kitae.data.templates import render_text
@@ -36,23 +76,10 @@ class Task(ABC):
         data = self.config.data
         return render_text(row, template=data.template, text_field=data.text_field, text_fields=data.text_fields)
 
-    def model_texts(self, texts: Sequence[Any], is_decoder: bool) -> tuple[list[Any], int]:
-        """What the tokenizer encodes for these examples' texts, and how many sequences each
-        example has (the group size: reward pairs are two)."""
-        from kitae.data.templates import as_model_texts
-
-        data = self.config.data
-        return as_model_texts(list(texts), data.text_fields, data.template, is_decoder), 1
-
-    # --- labels ---------------------------------------------------------------------------
     @classmethod
     @abstractmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
         """The output names, in order, from the training rows (or the config)."""
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.labels)
 
     @abstractmethod
     def encode_target(self, row: Row) -> Any:
@@ -73,28 +100,11 @@ class Task(ABC):
 
         return stratified_split(items, [self.stratify_key(e.target) for e in items], fractions, seed, stratify)
 
-    # --- state fitted after training (e.g. tuned thresholds), saved with the model ----------
-    def fit_after_training(self, dev_targets: Sequence[Any] | None, dev_logits: np.ndarray | None) -> None:
-        """Fit what is chosen on dev once the model is selected. Default: nothing."""
-        return None
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
     def undefined_metric(self, metric: str, targets: Sequence[Any]) -> str | None:
         """Why `metric` cannot be computed on examples with these targets (e.g. ROC-AUC on a dev
         set of one class), or None. Checked before training for training.select_metric."""
         return None
 
-    def collapse_warning(self, targets: Sequence[Any], logits: np.ndarray) -> str | None:
-        """A message when the selected model gives every dev example the same answer although
-        dev has several — the model has learned nothing. Default: no check."""
-        return None
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        return None
-
-    # --- training -------------------------------------------------------------------------
     def fit_train(self, targets: Sequence[Any]) -> None:
         """Learn what the loss needs from the train targets (e.g. class weights). Default: nothing."""
         return None
@@ -103,28 +113,63 @@ class Task(ABC):
         """A per-epoch re-sampler of the train split (see kitae.data.balance), or None."""
         return None
 
+    # --- model and batches ------------------------------------------------------------------
     @abstractmethod
-    def collate_targets(self, targets: Sequence[Any]) -> torch.Tensor: ...
+    def encode(self, name: str, examples: list[Example], backbone: Backbone) -> Any:
+        """Tokenise one split, before any model is loaded (so bad input is found early). The
+        result has `len()`, `lengths` (per item, what batching by length sorts on), `ids`,
+        `targets` and `truncated` (how many inputs were cut to model.max_length)."""
 
     @abstractmethod
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    def build_model(self, backbone: Backbone, plan: PrecisionPlan) -> nn.Module:
+        """The model to train (adapters applied), on plan.device; logs what it built."""
+
+    @abstractmethod
+    def batch(self, split: Any, indices: Any, device: str) -> Batch:
+        """The training batch of these items of an encoded split."""
+
+    @abstractmethod
+    def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The scalar loss of one batch (called under the plan's autocast)."""
 
     # --- evaluation -----------------------------------------------------------------------
     @abstractmethod
-    def probabilities(self, logits: np.ndarray) -> np.ndarray: ...
+    def evaluate(self, model: nn.Module, split: Any, plan: PrecisionPlan, batch_size: int,
+                 final: bool = True) -> Any:
+        """What the model outputs on a split: logits for classifiers, generations for SFT.
+        `final` is False for the per-epoch dev evaluation, which a task may keep cheaper."""
+
+    def outputs_are_final(self, outputs: Any) -> bool:
+        """Whether per-epoch outputs are what the final evaluation would compute (then the
+        selected epoch's dev outputs are reused instead of a second pass over dev)."""
+        return True
 
     @abstractmethod
-    def metrics(self, targets: Sequence[Any], logits: np.ndarray) -> dict[str, Any]:
-        """Flat scalar metrics (plus nested detail such as per_class) for one split."""
+    def metrics(self, targets: Sequence[Any], outputs: Any) -> dict[str, Any]:
+        """Flat scalar metrics (plus nested detail such as per_class) of one split's outputs."""
+
+    def fit_after_training(self, dev_targets: Sequence[Any] | None, dev_outputs: Any | None) -> None:
+        """Fit what is chosen on dev once the model is selected (e.g. thresholds). Default: nothing."""
+        return None
+
+    def collapse_warning(self, targets: Sequence[Any], outputs: Any) -> str | None:
+        """A message when the selected model gives every dev example the same answer although
+        dev has several — the model has learned nothing. Default: no check."""
+        return None
 
     @abstractmethod
-    def predicted_labels(self, logits: np.ndarray) -> list[Any]:
-        """The decision for each row: a label (single_label) or a list of labels (multi_label)."""
+    def write_outputs(self, run_dir: Path, name: str, split: Any, outputs: Any) -> None:
+        """predictions_{name}.jsonl and the task's reports and plots for one evaluated split."""
 
+    # --- persistence ------------------------------------------------------------------------
     @abstractmethod
-    def prediction_records(self, ids: Sequence[str], logits: np.ndarray,
-                           targets: Sequence[Any] | None) -> list[dict[str, Any]]: ...
+    def save_model(self, model: nn.Module, backbone: Backbone, folder: Path, meta: dict[str, Any]) -> None:
+        """The trained model as a Hugging Face folder, with `meta` (+ the task's own entries) in
+        kitae_model.json."""
 
-    def write_reports(self, run_dir: Path, split: str, targets: Sequence[Any], logits: np.ndarray) -> None:
-        """Task-specific files for one evaluated split (plots, reports). Optional."""
+    def state(self) -> dict[str, Any]:
+        """What the task fitted (thresholds, target normalisation), saved with the model."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
         return None

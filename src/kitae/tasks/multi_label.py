@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kitae.config import RunConfig
 from kitae.data.balance import Resampler, balanced_pos_weight, multilabel_resampler
 from kitae.data.readers import Row
 from kitae.errors import ConfigError, DataError
@@ -27,7 +26,10 @@ from kitae.metrics import label_cardinality_histogram, multilabel_metrics, tune_
 from kitae.metrics.multilabel import binarize
 from kitae.metrics.plots import plot_multilabel_confusion_grid
 from kitae.runs import write_csv
-from kitae.tasks.base import Task
+from kitae.tasks.classification import ClassificationTask
+
+if TYPE_CHECKING:
+    from kitae.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +81,15 @@ def _list_value(row: Row, field: str) -> list[str]:
     return labels
 
 
-class MultiLabelTask(Task):
+class MultiLabelTask(ClassificationTask):
     name = "multi_label"
     problem_type = "multi_label_classification"
+    metric_names = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "weighted_f1",
+                    "micro_precision", "micro_recall", "macro_precision", "macro_recall", "macro_roc_auc",
+                    "log_loss", "loss")
+    report_metrics = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "weighted_f1",
+                      "macro_precision", "macro_recall", "macro_roc_auc", "log_loss")
+    default_select_metric = "macro_f1"
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:

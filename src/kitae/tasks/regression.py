@@ -12,23 +12,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kitae.config import RunConfig
 from kitae.data.readers import Row
 from kitae.errors import ConfigError
 from kitae.metrics import regression_metrics
 from kitae.runs import write_csv
-from kitae.tasks.base import Task
+from kitae.tasks.classification import ClassificationTask
+
+if TYPE_CHECKING:
+    from kitae.config import RunConfig
 
 
-class RegressionTask(Task):
+class RegressionTask(ClassificationTask):
     name = "regression"
     problem_type = "regression"
+    metric_names = ("rmse", "mae", "r2", "pearson", "spearman", "loss")
+    report_metrics = ("rmse", "mae", "r2", "pearson", "spearman")
+    default_select_metric = "rmse"
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:

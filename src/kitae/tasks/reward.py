@@ -10,17 +10,19 @@ so an export loads in plain transformers as a reward model (as TRL's RewardTrain
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kitae.config import RunConfig
 from kitae.data.readers import Row
 from kitae.data.templates import pair_as_text, render_text
 from kitae.errors import ConfigError, DataError
-from kitae.tasks.base import Task
+from kitae.tasks.classification import ClassificationTask, check_pair_template
+
+if TYPE_CHECKING:
+    from kitae.config import RunConfig
 
 
 def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -32,10 +34,23 @@ def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(chosen - rejected).mean()
 
 
-class RewardTask(Task):
+class RewardTask(ClassificationTask):
     name = "reward"
     problem_type = "regression"  # one real-valued output: a score
     group_size = 2
+    metric_names = ("pairwise_accuracy", "mean_margin", "loss")
+    report_metrics = ("pairwise_accuracy", "mean_margin")
+    default_select_metric = "pairwise_accuracy"
+
+    @classmethod
+    def configure(cls, config: RunConfig) -> None:
+        data = config.data
+        if data.from_preference:
+            raise ValueError("data.from_preference makes single_label examples; task: reward reads the "
+                             "chosen / rejected columns itself: drop data.from_preference")
+        # Each example is the (chosen, rejected) texts of one row, scored one by one.
+        data.text_fields = [data.chosen_field, data.rejected_field]
+        check_pair_template(config, [data.prompt_field, data.text_field] if data.prompt_field else None)
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:

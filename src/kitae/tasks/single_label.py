@@ -10,22 +10,29 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kitae.config import RunConfig
 from kitae.data.balance import Resampler, balanced_class_weights, single_label_resampler
 from kitae.data.readers import Row
 from kitae.errors import ConfigError, DataError
 from kitae.metrics import classification_report_rows, single_label_metrics
 from kitae.metrics.plots import plot_confusion_matrix
 from kitae.runs import write_csv
-from kitae.tasks.base import Task
+from kitae.tasks.classification import ClassificationTask, check_pair_template
+
+if TYPE_CHECKING:
+    from kitae.config import RunConfig
 
 logger = logging.getLogger(__name__)
+
+# The metrics of a classifier over a label set (kitae.metrics.single_label_metrics), headline first.
+CLASSIFICATION_METRICS = (
+    "accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "micro_precision", "micro_recall",
+    "weighted_f1", "weighted_precision", "weighted_recall", "roc_auc", "log_loss", "loss")
 
 
 def _label_text(row: Row, field: str) -> str:
@@ -56,8 +63,29 @@ def _is_numeral(text: str) -> bool:
     return True
 
 
-class SingleLabelTask(Task):
+class SingleLabelTask(ClassificationTask):
     name = "single_label"
+    metric_names = CLASSIFICATION_METRICS
+    report_metrics = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "weighted_f1",
+                      "roc_auc", "log_loss")
+    default_select_metric = "macro_f1"
+
+    @classmethod
+    def configure(cls, config: RunConfig) -> None:
+        data = config.data
+        if not data.from_preference:
+            super().configure(config)
+            return
+        # Each preference row becomes two examples (chosen, rejected) whose response is in
+        # text_field (see data.prepare), read with the prompt when there is one.
+        if data.labels is None:
+            data.labels = ["rejected", "chosen"]
+        expected = [data.prompt_field, data.text_field] if data.prompt_field else None
+        if data.text_fields not in (None, expected):
+            raise ValueError("data.text_fields: from_preference reads chosen_field / rejected_field "
+                             "(and prompt_field); drop text_fields")
+        data.text_fields = expected
+        check_pair_template(config, expected)
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:

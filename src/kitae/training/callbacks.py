@@ -78,14 +78,14 @@ def memory_snapshot() -> dict[str, float]:
 class EpochLogger(Callback):
     """One log line per epoch with the dev metrics and memory."""
 
-    def __init__(self, select_metric: str = "macro_f1") -> None:
-        self.select_metric = select_metric
+    def __init__(self, select_metric: str = "macro_f1", headline: str = "accuracy") -> None:
+        self.select_metric, self.headline = select_metric, headline
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
         logger.info("training: %s", ", ".join(f"{k}={v}" for k, v in info.items() if k != "history"))
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
-        keys = ["train_loss", "dev_loss", f"dev_{self.select_metric}", "dev_accuracy", "seconds", "rss_gib",
+        keys = ["train_loss", "dev_loss", f"dev_{self.select_metric}", f"dev_{self.headline}", "seconds", "rss_gib",
                 "cuda_peak_gib"]
         shown = ", ".join(f"{k} {row[k]:.4g}" for k in dict.fromkeys(keys) if isinstance(row.get(k), float | int))
         logger.info("epoch %s: %s", row.get("epoch"), shown)
@@ -94,9 +94,9 @@ class EpochLogger(Callback):
 class HistoryWriter(Callback):
     """history.csv and history.png, rewritten (atomically) after every epoch."""
 
-    def __init__(self, run_dir: Path, select_metric: str) -> None:
+    def __init__(self, run_dir: Path, select_metric: str, headline: str = "accuracy") -> None:
         self.run_dir = Path(run_dir)
-        self.select_metric = select_metric
+        self.select_metric, self.headline = select_metric, headline
         self.rows: list[dict[str, Any]] = []
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
@@ -113,5 +113,5 @@ class HistoryWriter(Callback):
         from kitae.runs import write_csv
 
         write_csv(self.run_dir / "history.csv", self.rows)
-        metrics = [m for m in (f"dev_{self.select_metric}", "dev_accuracy") if m != "dev_loss"]
+        metrics = [m for m in (f"dev_{self.select_metric}", f"dev_{self.headline}") if m != "dev_loss"]
         plot_history(self.rows, self.run_dir / "history.png", metrics=list(dict.fromkeys(metrics)))

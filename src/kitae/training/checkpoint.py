@@ -7,8 +7,9 @@ RUN_DIR/checkpoints/
                     training_state.pt (optimizer, scheduler, grad scaler, torch RNG: tensors and
                     plain values, loaded with weights_only=True), loop.json (LoopState, Python
                     and NumPy RNG)
-  best-5/           trainable.safetensors + dev_logits.npy of the selected epoch (named by
-                    last-7/loop.json's `best_checkpoint`)
+  best-5/           trainable.safetensors + the selected epoch's dev outputs (dev_logits.npy for
+                    classifiers, dev_outputs.json for generators; named by last-7/loop.json's
+                    `best_checkpoint`)
 ```
 A commit writes new folders beside the old ones, then replaces `state.json`, then removes the
 folders nothing points to. A kill at any moment therefore leaves the previous commit or the new
@@ -37,6 +38,7 @@ from kitae.runs import follow_umask, write_json
 
 POINTER = "state.json"
 BEST_DEV_LOGITS = "dev_logits.npy"
+BEST_DEV_OUTPUTS = "dev_outputs.json"
 WEIGHTS = "trainable.safetensors"
 
 
@@ -144,9 +146,10 @@ class CheckpointStore:
     # writing ----------------------------------------------------------------------------------
     def commit(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                scaler: torch.amp.GradScaler | None, loop: LoopState, rng: dict[str, Any],
-               best_dev_logits: np.ndarray | None = None, new_best: bool = False) -> None:
-        """Write `loop` (and, with `new_best`, the current weights as the best ones, which
-        `loop.best_checkpoint` is set to name) and switch the pointer to it in one rename."""
+               best_dev_outputs: Any = None, new_best: bool = False) -> None:
+        """Write `loop` (and, with `new_best`, the current weights and the dev outputs as the best
+        ones, which `loop.best_checkpoint` is set to name) and switch the pointer to it in one
+        rename."""
         self.root.mkdir(parents=True, exist_ok=True)
         number = 1 + max((_number(p.name) for p in self.root.iterdir()), default=0)
         weights = trainable_state(model)
@@ -155,9 +158,12 @@ class CheckpointStore:
             loop.best_checkpoint = f"best-{number}"
             partial = self._fresh(loop.best_checkpoint)
             save_file(weights, str(partial / WEIGHTS))
-            if best_dev_logits is not None:
+            if isinstance(best_dev_outputs, np.ndarray):
                 with open(partial / BEST_DEV_LOGITS, "wb") as handle:
-                    np.save(handle, best_dev_logits)
+                    np.save(handle, best_dev_outputs)
+            elif best_dev_outputs is not None:
+                (partial / BEST_DEV_OUTPUTS).write_text(json.dumps(best_dev_outputs, ensure_ascii=False),
+                                                        encoding="utf-8")
             best = self._publish(partial)
         partial = self._fresh(f"last-{number}")
         if best is not None:
@@ -201,6 +207,16 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+def load_best_outputs(folder: Path) -> Any:
+    """The dev outputs committed with a best checkpoint (logits array or JSON), or None."""
+    folder = Path(folder)
+    if (folder / BEST_DEV_LOGITS).is_file():
+        return np.load(folder / BEST_DEV_LOGITS)
+    if (folder / BEST_DEV_OUTPUTS).is_file():
+        return json.loads((folder / BEST_DEV_OUTPUTS).read_text(encoding="utf-8"))
+    return None
 
 
 def load_weights(folder: Path, model: nn.Module) -> None:

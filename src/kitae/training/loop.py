@@ -17,18 +17,18 @@ import math
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 from transformers import get_scheduler
 
 from kitae.config import TrainingConfig
-from kitae.data.batching import EncodedSplit, TrainBatches, collate, eval_batches
+from kitae.data.batching import TrainBatches
+from kitae.inference.logits import autocast
 from kitae.metrics import is_better
-from kitae.models.classifier import SequenceClassifier
 from kitae.models.precision import PrecisionPlan
 from kitae.tasks.base import Task
 from kitae.training.callbacks import Callback, memory_snapshot
@@ -37,30 +37,15 @@ from kitae.training.checkpoint import CheckpointStore, LoopState, rng_state
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Batching:
-    """How token ids become tensors for this model."""
-
-    pad_token_id: int
-    padding_side: str
-
-    def tensors(self, split: EncodedSplit, indices: np.ndarray, device: str) -> dict[str, torch.Tensor]:
-        rows = split.rows(indices)
-        types = split.encoded.token_type_ids
-        batch = collate([split.encoded.input_ids[i] for i in rows], self.pad_token_id, self.padding_side,
-                        None if types is None else [types[i] for i in rows])
-        return {k: v.to(device) for k, v in batch.items()}
-
-
 class TrainingInterrupted(Exception):
     """Raised after Ctrl-C / SIGTERM once a resumable checkpoint has been written."""
 
 
-def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: EncodedSplit | None,
-        training: TrainingConfig, plan: PrecisionPlan, batching: Batching, checkpoint_dir: Path,
-        callbacks: Sequence[Callback] = (), resume: bool = False,
+def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: TrainingConfig, plan: PrecisionPlan,
+        checkpoint_dir: Path, callbacks: Sequence[Callback] = (), resume: bool = False,
         sampler: TrainBatches | None = None) -> LoopState:
-    """Train `classifier`; return the loop state (history, best epoch; the best weights are in
+    """Train `model` on the task's encoded `train` split, evaluating `dev` after every epoch;
+    return the loop state (history, best epoch; the best weights are in
     `CheckpointStore(checkpoint_dir).best_folder(state)`, None when no epoch had a defined dev
     metric). `sampler` defaults to shuffled, length-grouped batches of the whole train split.
 
@@ -71,8 +56,8 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
     device = plan.device
     sampler = sampler or TrainBatches(train.lengths, training.batch_size, training.seed,
                                       training.group_by_length)
-    trainable = [p for p in classifier.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(classifier, training, plan)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(model, training, plan)
     # Re-sampling may change the number of batches from epoch to epoch: the schedule spans the
     # updates every epoch really has, so the learning rate decays exactly to its end.
     total_updates = sum(math.ceil(sampler.num_batches(epoch) / training.grad_accum)
@@ -86,7 +71,7 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
     store = CheckpointStore(checkpoint_dir)
 
     state = LoopState()
-    resumed = store.load(classifier, optimizer, scheduler, scaler) if resume else None
+    resumed = store.load(model, optimizer, scheduler, scaler) if resume else None
     if resumed is not None:
         state = resumed.loop
         logger.info("resumed from %s: epoch %d, batch %d, update %d", resumed.folder, state.epoch + 1,
@@ -106,7 +91,7 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
     clock = time.monotonic()
 
     def commit(**best: Any) -> None:
-        store.commit(classifier, optimizer, scheduler, scaler, state, boundary_rng, **best)
+        store.commit(model, optimizer, scheduler, scaler, state, boundary_rng, **best)
 
     with Interrupts() as interrupts:
         try:
@@ -114,17 +99,13 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
                 batches = sampler.epoch(state.epoch)
                 for cb in callbacks:
                     cb.on_epoch_begin(state.epoch, len(batches), state.batches_done)
-                classifier.train()
+                model.train()
                 optimizer.zero_grad(set_to_none=True)
                 pending_loss, pending_batches = 0.0, 0  # batches since the boundary
                 for batch_index in range(state.batches_done, len(batches)):
-                    indices = batches[batch_index]
-                    inputs = batching.tensors(train, indices, device)
-                    targets = task.collate_targets([train.targets[i] for i in indices]).to(device)
-                    with _autocast(plan):
-                        # (examples, group_size x outputs): a no-op unless examples are groups.
-                        logits = classifier(**inputs).view(len(indices), -1)
-                    loss = task.loss(logits, targets)
+                    batch = task.batch(train, batches[batch_index], device)
+                    with autocast(plan):
+                        loss = task.batch_loss(model, batch)
                     scaled = loss / training.grad_accum
                     (scaler.scale(scaled) if scaler else scaled).backward()
                     pending_loss += loss.item()
@@ -141,8 +122,8 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
                             pending_loss, pending_batches = 0.0, 0
                             boundary_rng = rng_state()
                     step = {"epoch": state.epoch, "batch": batch_index + 1, "global_step": state.global_step,
-                            "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "examples": len(indices),
-                            "tokens": int(inputs["attention_mask"].sum())}
+                            "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "examples": batch.examples,
+                            "tokens": batch.tokens}
                     for cb in callbacks:
                         cb.on_step_end(step)
                     if is_boundary and batch_index + 1 < len(batches) and _checkpoint_due(
@@ -156,12 +137,12 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
                 # The epoch's end: evaluate, then commit the next state (and the best weights)
                 # in one step. An interruption before the commit replays the epoch end on resume.
                 trained = time.monotonic() - clock  # training time only, evaluation excluded
-                logits, row, improved = _end_of_epoch(classifier, task, dev, state, training, plan, batching,
-                                                      state.train_seconds + trained)
+                outputs, row, improved = _end_of_epoch(model, task, dev, state, training, plan,
+                                                       state.train_seconds + trained)
                 with interrupts.deferred():
                     state = _next_epoch_state(state, row, improved, training, trained)
                     boundary_rng = rng_state()
-                    commit(new_best=improved, best_dev_logits=logits)
+                    commit(new_best=improved, best_dev_outputs=outputs)
                 clock = last_save = time.monotonic()
                 for cb in callbacks:
                     cb.on_epoch_end(row)
@@ -181,23 +162,21 @@ def fit(classifier: SequenceClassifier, task: Task, train: EncodedSplit, dev: En
     return state
 
 
-def _end_of_epoch(classifier: SequenceClassifier, task: Task, dev: EncodedSplit | None, state: LoopState,
-                  training: TrainingConfig, plan: PrecisionPlan, batching: Batching,
-                  seconds: float) -> tuple[np.ndarray | None, dict[str, Any], bool]:
-    """Evaluate on dev: (dev logits, the history row, whether this epoch is the best so far).
+def _end_of_epoch(model: nn.Module, task: Task, dev: Any | None, state: LoopState, training: TrainingConfig,
+                  plan: PrecisionPlan, seconds: float) -> tuple[Any, dict[str, Any], bool]:
+    """Evaluate on dev: (dev outputs, the history row, whether this epoch is the best so far).
     Changes nothing: the caller commits the result."""
     row: dict[str, Any] = {
         "epoch": state.epoch + 1,
         "step": state.global_step,
         "train_loss": state.epoch_loss_sum / max(state.epoch_loss_batches, 1),
     }
-    logits = None
+    outputs = None
     if dev is None:
         improved = True  # no dev data: the last epoch is the selected one
     else:
-        logits = predict_logits(classifier, dev, training.eval_batch_size or 2 * training.batch_size,
-                                plan, batching)
-        metrics = task.metrics(dev.targets, logits)
+        outputs = task.evaluate(model, dev, plan, training.eval_batch_size or 2 * training.batch_size, final=False)
+        metrics = task.metrics(dev.targets, outputs)
         row.update({f"dev_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
         current = metrics[training.select_metric]
         if math.isnan(current):
@@ -206,7 +185,7 @@ def _end_of_epoch(classifier: SequenceClassifier, task: Task, dev: EncodedSplit 
         improved = is_better(training.select_metric, current, state.best_metric)
     row["seconds"] = round(seconds, 2)
     row.update(memory_snapshot())
-    return logits, row, improved
+    return outputs, row, improved
 
 
 def _next_epoch_state(state: LoopState, row: dict[str, Any], improved: bool, training: TrainingConfig,
@@ -225,31 +204,6 @@ def _next_epoch_state(state: LoopState, row: dict[str, Any], improved: bool, tra
             logger.info("early stopping: no dev %s improvement for %d epochs", training.select_metric, patience)
             new.stopped_early = True
     return new
-
-
-@torch.inference_mode()
-def predict_logits(classifier: SequenceClassifier, split: EncodedSplit, batch_size: int,
-                   plan: PrecisionPlan, batching: Batching, progress: bool = False) -> np.ndarray:
-    """Logits for every example of `split`, in the split's order (float32 numpy array)."""
-    was_training = classifier.training
-    classifier.eval()
-    out: np.ndarray | None = None
-    batches = eval_batches(split.lengths, batch_size)
-    iterator: Any = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(batches, desc=f"predict {split.name}", unit="batch", dynamic_ncols=True)
-    for indices in iterator:
-        with _autocast(plan):
-            logits = classifier(**batching.tensors(split, indices, plan.device)).float().view(len(indices), -1)
-            logits = logits.cpu().numpy()
-        if out is None:
-            out = np.zeros((len(split), logits.shape[-1]), dtype=np.float32)
-        out[indices] = logits
-    classifier.train(was_training)
-    assert out is not None
-    return out
 
 
 def _make_optimizer(model: torch.nn.Module, training: TrainingConfig, plan: PrecisionPlan) -> torch.optim.Optimizer:
@@ -285,12 +239,6 @@ def _checkpoint_due(training: TrainingConfig, global_step: int, last_save: float
         return True
     minutes = training.checkpoint_every_minutes
     return minutes is not None and time.monotonic() - last_save >= minutes * 60
-
-
-def _autocast(plan: PrecisionPlan) -> contextlib.AbstractContextManager[Any]:
-    if plan.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=plan.device.split(":")[0], dtype=plan.autocast_dtype)
 
 
 def make_grad_scaler(plan: PrecisionPlan) -> torch.amp.GradScaler | None:
