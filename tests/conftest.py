@@ -21,20 +21,22 @@ FILLER = "のはがをにでとも"
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def _all_chars() -> list[str]:
+def _all_chars(extra: str = "") -> list[str]:
     chars = set(FILLER + "".join(CLASS_CHARS.values()))
     chars |= set("こんにちは世界東京日本首都大きいですテキスト明今日曜" + "abcdefghijklmnopqrstuvwxyz0123456789 ")
-    return sorted(chars)
+    return sorted(chars | set(extra))
 
 
-def build_tokenizer(kind: str, folder: Path, padding_side: str = "right"):
+def build_tokenizer(kind: str, folder: Path, padding_side: str = "right", extra_chars: str = ""):
     """A character-level WordLevel tokenizer: decoders add <s> in front, encoders [CLS] ... [SEP]."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(SPECIALS + _all_chars())}
+    vocab = {token: i for i, token in enumerate(SPECIALS + _all_chars(extra_chars))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # One token per character ("." skips line breaks; tokenizers that know "\n" keep it too).
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]" if "\n" in extra_chars else "."), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters decode back to the text, without spaces between them
     if kind == "encoder":
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -51,7 +53,9 @@ def build_tokenizer(kind: str, folder: Path, padding_side: str = "right"):
     return fast
 
 
-def build_tiny_model(arch: str, folder: Path, padding_side: str = "right") -> Path:
+def build_tiny_model(arch: str, folder: Path, padding_side: str = "right", extra_chars: str = "",
+                     **overrides) -> Path:
+    """A tiny random model of `arch` with the character tokenizer; `overrides` go into its config."""
     import torch
     from transformers import (
         BertConfig,
@@ -66,8 +70,8 @@ def build_tiny_model(arch: str, folder: Path, padding_side: str = "right") -> Pa
 
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer("encoder" if arch in ("bert", "deberta") else "decoder", folder, padding_side)
-    ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id)
+    tok = build_tokenizer("encoder" if arch in ("bert", "deberta") else "decoder", folder, padding_side, extra_chars)
+    ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **overrides)
     if arch == "llama":
         config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, max_position_embeddings=256,

@@ -1,8 +1,10 @@
-"""kitae (鍛え): fine-tune pretrained language models into Japanese text classifiers.
+"""kitae (鍛え): fine-tune pretrained language models into Japanese text classifiers and
+instruction followers.
 
     import kitae
     result = kitae.train("examples/quickstart.yaml")
-    kitae.load(result.run_dir).predict(["明日は全国的に雨の予報です"])
+    kitae.load(result.run_dir).predict(["明日は全国的に雨の予報です"])    # a Classifier
+    kitae.load("runs/jsquad-sft").generate(["日本の首都はどこですか。"])    # an sft run: a Generator
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from kitae.api import Classifier, TrainResult, load, train
+    from kitae.generator import Generator
 
-__all__ = ["Classifier", "TrainResult", "load", "train", "__version__"]
+__all__ = ["Classifier", "Generator", "TrainResult", "load", "train", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from kitae import api
 
         return getattr(api, name)
+    if name == "Generator":
+        from kitae.generator import Generator
+
+        return Generator
     raise AttributeError(name)

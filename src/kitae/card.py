@@ -60,6 +60,7 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     import transformers
 
     import kitae
+    from kitae.tasks import get_task_class
 
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
@@ -71,25 +72,26 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     config["model"]["name"] = public_model_name(config["model"]["name"])
     base = base_model_name or config["model"]["name"]
     task = config["task"]
-    from kitae.tasks import get_task_class
-
-    headline = get_task_class(task).report_metrics
+    task_class = get_task_class(task)
+    generator = task_class.kind == "generator"
+    headline = task_class.report_metrics
     test = metrics.get("test") or metrics.get("dev") or {}
     split_name = "test" if "test" in metrics else "dev"
     dataset = Path(config["data"]["train"]).parent.name or Path(config["data"]["train"]).stem
+    pipeline = "text-generation" if generator else "text-classification"
 
     front: dict[str, Any] = {
-        "library_name": "peft" if config["adapter"]["type"] in ("lora", "qlora") and exported == "adapter"
+        "library_name": "peft" if config["adapter"]["type"] in ("lora", "qlora", "prompt_tuning") and exported == "adapter"
         else "transformers",
         "license": _LICENSES.get(config["model"]["name"], "other"),
         "language": ["ja"],
-        "pipeline_tag": "text-classification",
-        "tags": ["kitae", "text-classification", task.replace("_", "-"), config["adapter"]["type"]],
+        "pipeline_tag": pipeline,
+        "tags": ["kitae", pipeline, task.replace("_", "-"), config["adapter"]["type"]],
         "metrics": [k for k in headline if isinstance(test.get(k), float)],
         "model-index": [{
             "name": Path(config["output"]).name,
             "results": [{
-                "task": {"type": "text-classification", "name": task.replace("_", "-")},
+                "task": {"type": pipeline, "name": task.replace("_", "-")},
                 "dataset": {"name": dataset, "type": dataset, "split": split_name},
                 "metrics": [{"type": k, "value": round(test[k], 6), "name": f"{split_name} {k}"}
                             for k in headline if isinstance(test.get(k), float) and test[k] == test[k]],
@@ -101,38 +103,58 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
         front["base_model"] = hub_base
 
     lines = ["---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).rstrip(), "---", ""]
-    lines += [f"# {Path(config['output']).name}", "",
-              f"A {_KINDS.get(task, task.replace('_', '-') + ' text classifier')} fine-tuned with kitae "
-              f"from `{base}` ({config['adapter']['type']}, pooling `{meta['pooling']}`).", ""]
-    lines += ["## Labels", "", "| id | label |", "|---|---|"]
-    lines += [f"| {i} | {label} |" for i, label in enumerate(labels)]
-    thresholds = meta.get("task_state", {}).get("thresholds")
-    if thresholds:
-        lines += ["", "Decision thresholds (per category): " + ", ".join(f"{k}: {v:.3f}" for k, v in thresholds.items())]
+    lines += [f"# {Path(config['output']).name}", ""]
+    if generator:
+        what = {"sft": "An instruction-tuned (SFT)", "causal_lm": "A further pre-trained"}.get(task, "A")
+        lines += [f"{what} causal language model fine-tuned with kitae from `{base}` ({config['adapter']['type']}).", ""]
+        if task == "sft":
+            lines += ["## Prompt format", "", f"`{meta.get('prompt_format')}`"
+                      + (f" with the template `{repr(config['data']['template'])[1:-1]}`"
+                         if meta.get("prompt_format") == "template" else "")
+                      + "; the loss was on " + ("every token" if config["training"].get("train_on_prompt")
+                                                 else "the response tokens only") + "."]
+    else:
+        lines += [f"A {_KINDS.get(task, task.replace('_', '-') + ' text classifier')} fine-tuned with kitae "
+                  f"from `{base}` ({config['adapter']['type']}, pooling `{meta['pooling']}`).", ""]
+        lines += ["## Labels", "", "| id | label |", "|---|---|"]
+        lines += [f"| {i} | {label} |" for i, label in enumerate(labels)]
+        thresholds = meta.get("task_state", {}).get("thresholds")
+        if thresholds:
+            lines += ["", "Decision thresholds (per category): " + ", ".join(f"{k}: {v:.3f}" for k, v in thresholds.items())]
     summary = metrics.get("summary", {})
     lines += ["", "## Data", "",
               f"- train: `{Path(config['data']['train']).name}` ({summary.get('train_examples', '?')} examples used)",
-              f"- dev: {metrics.get('dev', {}).get('n', '—')} examples; test: {metrics.get('test', {}).get('n', '—')} examples",
-              f"- input: {_input_description(config['data'])}",
-              f"- token limit: {config['model']['max_length']} tokens (truncated: {summary.get('truncated', {})})"]
+              f"- dev: {metrics.get('dev', {}).get('n', '—')} examples; test: {metrics.get('test', {}).get('n', '—')} examples"]
+    if not generator:
+        lines.append(f"- input: {_input_description(config['data'])}")
+    lines.append(f"- token limit: {config['model']['max_length']} tokens (truncated: {summary.get('truncated', {})})")
     history_path = run_dir / "history.csv"
     if history_path.is_file():
         rows = list(csv.DictReader(history_path.open(encoding="utf-8")))
         columns = [c for c in ("epoch", "train_loss", "dev_loss", *(f"dev_{m}" for m in headline[:6]))
                    if rows and c in rows[0]]
+        columns = list(dict.fromkeys(columns))
         lines += ["", "## Training results (per epoch)", "", "| " + " | ".join(columns) + " |",
                   "|" + "---|" * len(columns)]
         for row in rows:
-            lines.append("| " + " | ".join(_fmt(float(row[c])) if c != "epoch" else row[c] for c in columns) + " |")
+            lines.append("| " + " | ".join(_fmt(float(row[c])) if c != "epoch" and row[c] != "" else row[c]
+                                           for c in columns) + " |")
         lines += ["", f"Selected epoch: {summary.get('selected_epoch')} (dev `{summary.get('select_metric')}`)."]
     lines += ["", f"## {split_name.capitalize()} metrics (selected model)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(test[k])} |" for k in headline if k in test]
+    if generator and config.get("generation"):
+        settings = config["generation"]
+        lines += ["", "Generation: " + ", ".join(f"{k} {settings[k]}" for k in
+                                                 ("temperature", "top_p", "top_k", "min_p", "max_new_tokens")
+                                                 if k in settings) + "."]
+        lines += _example_generations(run_dir / f"predictions_{split_name}.jsonl")
     lines += [f"\n**Warning:** {warning}" for warning in summary.get("warnings", [])]
     if (run_dir / f"confusion_matrix_{split_name}.png").is_file():
         lines += ["", f"![confusion matrix](confusion_matrix_{split_name}.png)"]
     lines += ["", "## Hyperparameters", "", "```yaml",
-              yaml.safe_dump({k: config[k] for k in ("model", "adapter", "training", "balance", "evaluation")
-                              if k in config}, allow_unicode=True, sort_keys=False).rstrip(), "```"]
+              yaml.safe_dump({k: config[k] for k in ("model", "adapter", "training", "balance", "evaluation", "generation")
+                              if k in config and not (generator and k == "balance")},
+                             allow_unicode=True, sort_keys=False).rstrip(), "```"]
     lines += ["", "## Framework versions", "",
               f"- kitae {kitae.__version__}", f"- transformers {transformers.__version__}", f"- torch {torch.__version__}"]
     try:
@@ -141,6 +163,10 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
         lines.append(f"- peft {peft.__version__}")
     except ImportError:
         pass
+    if generator:
+        lines += ["", "## How to use", "", "```python", "import kitae", "gen = kitae.load(\"path/to/run\")",
+                  'gen.generate(["日本の首都はどこですか。"])', "```"]
+        return "\n".join(lines) + "\n"
     kitae_call, tokenizer_call = _usage_example(config["data"], is_decoder=meta["pooling"] == "last")
     lines += ["", "## How to use", "", "```python", "import kitae",
               "clf = kitae.load(\"path/to/run\")", kitae_call, "```"]
@@ -152,6 +178,21 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
                   f"logits = model(**{tokenizer_call}).logits",
                   "```"]
     return "\n".join(lines) + "\n"
+
+
+def _example_generations(path: Path, count: int = 3) -> list[str]:
+    """A few generations of the selected model beside their gold answers."""
+    if not path.is_file():
+        return []
+    import json
+
+    lines = ["", "| prompt (end) | generated | gold |", "|---|---|---|"]
+    with path.open(encoding="utf-8") as handle:
+        for line, _ in zip(handle, range(count)):
+            record = json.loads(line)
+            cells = [record.get("prompt", "")[-60:], record.get("generated", ""), record.get("gold", "")]
+            lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return lines
 
 
 def card_front_matter(text: str) -> dict[str, Any]:

@@ -108,20 +108,116 @@ def predict(
 @app.command()
 @_user_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    labelled: Annotated[Path, typer.Argument(help="Labelled data file.")],
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with --model: a run config).")],
+    labelled: Annotated[Path | None, typer.Argument(help="Labelled data file (with --model: default the config's "
+                                                          "dev and test).")] = None,
     output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir", help="Default: RUN_DIR/eval-<file>.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 32,
+    model: Annotated[str | None, typer.Option(help="Evaluate this base model, untrained, with the config given "
+                                                   "as RUN_DIR (sft / causal_lm): the 'before' of a run.")] = None,
+    set_: SetOption = None,
+    batch_size: Annotated[int | None, typer.Option(help="Texts per batch.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     trust_remote_code: TrustOption = False,
 ) -> None:
-    """Metrics, predictions and confusion matrix on a labelled file."""
+    """Metrics and predictions on a labelled file (classifiers: with the confusion matrix; sft:
+    generations scored by exact match, char F1, chrF). --set generation.KEY=VALUE changes how an
+    sft model generates (e.g. --set generation.min_p=0.1 --set generation.temperature=1.0)."""
     import kitae
 
     _setup_logging(False)
-    clf = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
-    metrics = clf.evaluate_file(labelled, output_dir)
-    _print_metrics({labelled.name: metrics}, clf.meta["task"])
+    if model is not None:
+        _evaluate_base(run_dir, labelled, model, output_dir, set_ or [], device)
+        return
+    if labelled is None:
+        raise KitaeError("give the labelled file to evaluate on (or --model NAME with a config)")
+    loaded = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    overrides = _generation_overrides(set_ or [])
+    if hasattr(loaded, "generate"):
+        metrics = loaded.evaluate_file(labelled, output_dir, **overrides)
+        _print_metrics({labelled.name: metrics}, loaded.config.task)
+        return
+    if overrides:
+        raise KitaeError("--set generation.* is for sft and causal_lm runs")
+    metrics = loaded.evaluate_file(labelled, output_dir)
+    _print_metrics({labelled.name: metrics}, loaded.meta["task"])
+
+
+def _generation_overrides(sets: list[str]) -> dict[str, Any]:
+    """--set generation.KEY=VALUE pairs as keyword arguments (the only keys evaluation may change)."""
+    from kitae.config import apply_override
+
+    raw: dict[str, Any] = {}
+    for item in sets:
+        if not item.partition("=")[0].strip().startswith("generation."):
+            raise KitaeError(f"--set {item!r}: evaluating a trained run can change only generation.* keys")
+        apply_override(raw, item)
+    return raw.get("generation", {})
+
+
+def _evaluate_base(config_path: Path, labelled: Path | None, model: str, output_dir: Path | None,
+                   sets: list[str], device: str) -> None:
+    from kitae.config import load_config
+    from kitae.generator import Generator
+
+    config = load_config(config_path, [*sets, f"model.name={model}"])
+    generator = Generator.from_base(config, device=None if device == "auto" else device)
+    out = output_dir or Path(f"{config.output}-base")
+    if labelled is not None:
+        metrics = generator.evaluate_file(labelled, out)
+        _print_metrics({labelled.name: metrics}, config.task)
+    else:
+        from kitae.data.prepare import prepare_data
+
+        _, examples = prepare_data(config)
+        results = generator.evaluate_splits({n: e for n, e in examples.items() if n != "train"}, out)
+        _print_metrics(results, config.task)
+    console.print(f"evaluation of the untrained {model}: [bold]{out}[/bold]")
+
+
+@app.command()
+@_user_errors
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished sft or causal_lm run directory.")],
+    input: Annotated[Path | None, typer.Argument(help="A file of prompts: rows with the run's columns "
+                                                      "(.jsonl, .csv...).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output .jsonl or .csv (with a file).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option("--repetition-penalty")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="A stop string (repeatable).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed: the same seed gives the same text.")] = None,
+    raw: Annotated[bool, typer.Option(help="Feed the prompt as it is, not in the run's prompt format.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Generate with an sft / causal_lm run: --prompt TEXT, or a file of prompts with -o. Settings
+    default to the run's generation: section."""
+    import kitae
+
+    _setup_logging(False)
+    if (input is None) == (not prompt):
+        raise KitaeError("give --prompt TEXT or a file of prompts (with -o), not both")
+    if input is not None and output is None:
+        raise KitaeError("a file of prompts needs -o OUTPUT.jsonl (or .csv)")
+    loaded = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    if not hasattr(loaded, "generate"):
+        raise KitaeError(f"{run_dir}: a {loaded.meta['task']} classifier does not generate; use kitae predict")
+    settings = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
+                "repetition_penalty": repetition_penalty, "max_new_tokens": max_new_tokens,
+                "stop": stop or None, "seed": seed}
+    if prompt:
+        for text in loaded.generate(prompt, raw=raw, **settings):
+            console.print(text, highlight=False, markup=False)
+        return
+    assert input is not None and output is not None
+    count = loaded.generate_file(input, output, overwrite=overwrite, raw=raw, **settings)
+    console.print(f"wrote {count} generations to [bold]{output}[/bold]")
 
 
 @app.command()

@@ -51,6 +51,11 @@ class DataConfig(Section):
         description="A published split: JSON with lists of ids under 'train', 'dev', 'test' "
         "(other keys ignored), selecting rows of the `train` file by `id_field`.",
     )
+    split_field: str | None = Field(
+        None,
+        description="A column naming each row's split in the `train` file: train, dev (or valid / "
+        "validation) and test (e.g. JGLUE's official split in `orig_split`).",
+    )
     encoding: str = Field(
         "utf-8",
         description="Text encoding of the data files (train, dev, test), e.g. cp932 for Excel's "
@@ -110,6 +115,39 @@ class DataConfig(Section):
         None, gt=0, description="Use only this many dev and test rows each (stratified subsets)."
     )
 
+    # --- sft: instruction data (columns or chat rows) ------------------------------------------
+    instruction_field: str = Field("instruction", description="sft: the column of the instruction.")
+    input_field: str = Field("input", description="sft: the column of an optional input the instruction "
+                             "refers to (empty or missing: none).")
+    output_field: str = Field(
+        "output",
+        description="sft: the column of the response to learn; a list of strings is several correct "
+        "answers (the first is trained on, all count in evaluation, as JSQuAD's `answers`).",
+    )
+    messages_field: str | None = Field(
+        None,
+        description="sft: a column of chat rows instead of instruction columns: OpenAI-style lists of "
+        "{role: system | user | assistant, content}; the loss is on assistant turns.",
+    )
+    system_prompt: str | None = Field(None, description="sft: a system message for every example.")
+    prompt_format: Literal["auto", "chat_template", "alpaca_ja", "template"] = Field(
+        "auto",
+        description="sft: how a prompt is written. chat_template: the tokenizer's; alpaca_ja: "
+        "'### 指示:' / '### 入力:' / '### 応答:'; template: data.template over any columns, the "
+        "response after it. auto = template when data.template is set, else the tokenizer's chat "
+        "template when it has one, else alpaca_ja.",
+    )
+    choice_fields: list[str] | None = Field(
+        None,
+        description="sft multiple choice: the columns of the choices (e.g. [choice0, ..., choice4]); "
+        "enables choice_accuracy.",
+    )
+    answer_choice_field: str | None = Field(
+        None,
+        description="sft multiple choice: the column holding the index of the correct choice; the "
+        "response to learn is that choice's text (instead of output_field).",
+    )
+
     @field_validator("train", "dev", "test")
     @classmethod
     def _known_suffix(cls, value: Path | None) -> Path | None:
@@ -129,8 +167,12 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _one_way_to_split(self) -> DataConfig:
-        if self.split_file is not None and (self.split is not None or self.dev is not None or self.test is not None):
-            raise ValueError("split_file selects train/dev/test itself: drop dev, test and split")
+        for name in ("split_file", "split_field"):
+            if getattr(self, name) is not None and (self.split is not None or self.dev is not None
+                                                    or self.test is not None):
+                raise ValueError(f"{name} selects train/dev/test itself: drop dev, test and split")
+        if self.split_file is not None and self.split_field is not None:
+            raise ValueError("give split_file or split_field, not both")
         return self
 
 
@@ -163,10 +205,11 @@ class ModelConfig(Section):
 
 
 class AdapterConfig(Section):
-    type: Literal["lora", "qlora", "full"] = Field(
+    type: Literal["lora", "qlora", "full", "prompt_tuning"] = Field(
         "lora",
-        description="lora: low-rank adapters + trained head; qlora: lora on a 4-bit base (CUDA + "
-        "bitsandbytes); full: every weight trained.",
+        description="lora: low-rank adapters (+ the trained head of classifiers); qlora: lora on a "
+        "4-bit base (CUDA + bitsandbytes); full: every weight trained; prompt_tuning (sft, "
+        "causal_lm): a trained soft prompt of num_virtual_tokens in front of every input.",
     )
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
@@ -175,11 +218,18 @@ class AdapterConfig(Section):
         "all-linear", description="Modules that get adapters: 'all-linear' or a list of names."
     )
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    num_virtual_tokens: int = Field(20, gt=0, description="prompt_tuning: length of the soft prompt.")
+    prompt_tuning_init_text: str | None = Field(
+        None,
+        description="prompt_tuning: initialise the soft prompt from this text's token embeddings "
+        "(e.g. '次の質問に答えてください。'); default: random.",
+    )
 
 
 class TrainingConfig(Section):
     lr: float | None = Field(
-        None, gt=0, description="Peak learning rate. Default: 2e-4 with LoRA, 2e-5 for full fine-tuning."
+        None, gt=0, description="Peak learning rate. Default: 2e-4 with LoRA, 2e-5 for full fine-tuning, "
+        "3e-2 for prompt tuning."
     )
     epochs: int = Field(3, gt=0, description="Passes over the training data.")
     batch_size: int = Field(16, gt=0, description="Examples per step (per device).")
@@ -210,6 +260,16 @@ class TrainingConfig(Section):
         10.0, gt=0, description="Save a resumable checkpoint at most this often (and every epoch)."
     )
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")
+    packing: bool = Field(
+        False,
+        description="sft: several examples per row up to model.max_length, with no attention across "
+        "examples and the loss mask kept exact (fewer pad tokens; causal_lm always packs).",
+    )
+    train_on_prompt: bool = Field(False, description="sft: also compute the loss on prompt tokens.")
+    log_every_steps: int = Field(
+        10, gt=0, description="Log loss, learning rate, throughput and memory (RSS; CUDA allocated, "
+        "reserved, peak) every N optimizer steps."
+    )
 
 
 class BalanceConfig(Section):
@@ -265,6 +325,11 @@ class BalanceConfig(Section):
 
 
 class EvaluationConfig(Section):
+    generate_each_epoch: bool = Field(
+        False,
+        description="sft: generate on dev after every epoch (and not only at the end) so the history "
+        "has exact_match / char_f1 per epoch; implied when training.select_metric is one of them.",
+    )
     thresholds: float | Literal["tune"] | dict[str, float] = Field(
         0.5,
         description="multi_label decision thresholds: one number, one per category, or 'tune' "
@@ -280,15 +345,34 @@ class EvaluationConfig(Section):
         return value
 
 
+class GenerationSettings(Section):
+    """How an sft / causal_lm model writes text (stored with the run: the defaults of generate)."""
+
+    max_new_tokens: int = Field(64, gt=0, description="Longest generation, in tokens.")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy (deterministic); > 0 samples.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the most likely tokens "
+                         "up to this probability mass (1.0: off).")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: off).")
+    min_p: float = Field(0.0, ge=0.0, lt=1.0, description="Keep tokens with probability at least min_p x "
+                         "the top token's (0: off; 0.05-0.1 holds quality at higher temperatures).")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 discourages repeating tokens.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a generation (cut off).")
+    seed: int = Field(42, description="Sampling seed: the same seed gives the same text.")
+    batch_size: int | None = Field(None, gt=0, description="Prompts per generation batch "
+                                   "(default: training.eval_batch_size).")
+
+
 class RunConfig(Section):
     task: str = Field("single_label",
-                      description="Problem type: single_label, multi_label, pair, regression or reward.")
+                      description="Problem type: single_label, multi_label, pair, regression, reward, sft "
+                      "(instruction tuning) or causal_lm (continued pre-training).")
     data: DataConfig
     model: ModelConfig
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
     output: Path = Field(description="Run directory to create (relative to the current directory).")
 
     @field_validator("task")
@@ -309,7 +393,7 @@ class RunConfig(Section):
         task_class = get_task_class(self.task)
         task_class.configure(self)
         if self.training.lr is None:
-            self.training.lr = 2e-5 if self.adapter.type == "full" else 2e-4
+            self.training.lr = {"full": 2e-5, "prompt_tuning": 3e-2}.get(self.adapter.type, 2e-4)
         if self.training.select_metric is None:
             self.training.select_metric = task_class.default_select_metric
         if self.training.select_metric not in task_class.metric_names:

@@ -1,4 +1,5 @@
-"""A trained run, loaded for inference: `kitae.load(run_dir)` -> `Classifier`.
+"""A trained classification run, loaded for inference: `kitae.load(run_dir)` -> `Classifier`
+(sft and causal_lm runs load as a `kitae.generator.Generator`).
 
 What predict, evaluate, export, push (and later a server or a UI) use: nothing re-parses the YAML
 or re-reads the training data; everything comes from the run directory.
@@ -20,19 +21,21 @@ import numpy as np
 from kitae.config import read_saved_config
 from kitae.data.batching import EncodedSplit, encode_texts
 from kitae.data.examples import build_examples
-from kitae.data.readers import Row, count_rows, iter_rows
-from kitae.errors import DataError, KitaeError, RunDirError
+from kitae.data.readers import Row, count_rows, iter_chunks, iter_rows
+from kitae.errors import DataError, RunDirError
 from kitae.inference.logits import Batching, predict_logits
 from kitae.models.persist import load_classifier
 from kitae.runs import (
     MODEL_DIR,
     atomic_text_file,
+    check_output_file,
     check_writable_folder,
+    is_evaluation,
     read_json,
     require_finished_run,
     write_json,
 )
-from kitae.tasks import get_task_class
+from kitae.tasks import TASKS, get_task_class
 from kitae.tasks.classification import ClassificationTask
 
 logger = logging.getLogger("kitae")
@@ -124,7 +127,7 @@ class Classifier:
 
         with tqdm(total=count_rows(path), desc=f"predict {path.name}", unit="row", dynamic_ncols=True,
                   disable=not progress) as bar:
-            for rows in _chunks(iter_rows(path, encoding=data.encoding), PREDICT_CHUNK_ROWS):
+            for rows in iter_chunks(iter_rows(path, encoding=data.encoding), PREDICT_CHUNK_ROWS):
                 if has_labels is None:
                     has_labels = all(c in row.values for row in rows for c in label_columns)
                     if require_labels and not has_labels:
@@ -145,7 +148,7 @@ class Classifier:
         chunk in a temporary file, renamed to `output` at the end (an error leaves no output).
         Returns the number of rows."""
         path, output = Path(path), Path(output)
-        _check_output_file(output, path, overwrite)
+        check_output_file(output, path, overwrite)
         csv_out = output.suffix.lower() in (".csv", ".tsv")
         count = 0
         with atomic_text_file(output, newline="" if csv_out else None) as handle:
@@ -182,7 +185,7 @@ class Classifier:
         kept for the metrics (a few numbers per row, never the texts)."""
         path = Path(path)
         out = Path(output_dir) if output_dir else self.run_dir / f"eval-{path.stem}"
-        check_writable_folder(out, {"the evaluated file": path}, is_own=_is_evaluation(out),
+        check_writable_folder(out, {"the evaluated file": path}, is_own=is_evaluation(out),
                               what="output folder")
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
@@ -206,36 +209,6 @@ class Classifier:
         return metrics
 
 
-def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    chunk: list[Row] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _is_evaluation(folder: Path) -> bool:
-    """A folder `evaluate` wrote (its metrics.json names the evaluated run), which it may rewrite."""
-    try:
-        return "evaluated_run" in read_json(folder / "metrics.json")
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def _check_output_file(output: Path, source: Path, overwrite: bool) -> None:
-    if output.resolve() == source.resolve():
-        raise KitaeError(f"-o {output}: is the input file; write the predictions to another file")
-    if output.is_dir():
-        raise KitaeError(f"-o {output}: is a folder; give a .jsonl or .csv file name")
-    if output.exists() and not overwrite:
-        raise KitaeError(f"-o {output}: exists; pass --overwrite to replace it")
-    if not output.parent.is_dir():
-        raise KitaeError(f"-o {output}: the folder {output.parent} does not exist")
-
-
 def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
     """One CSV row: lists of labels joined with '|', per-label values as p_<label> columns."""
     flat: dict[str, Any] = {}
@@ -251,8 +224,16 @@ def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def load(run_dir: str | Path, device: str = "auto", batch_size: int = 32,
-         trust_remote_code: bool = False) -> Classifier:
-    """Load a finished run for prediction. `trust_remote_code=True` lets the base model run code
-    from the hub; it is never taken from the run directory (which may come from anyone)."""
-    return Classifier(Path(run_dir), device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+def load(run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
+         trust_remote_code: bool = False) -> Any:
+    """Load a finished run: a `Classifier` for classification runs, a `kitae.generator.Generator`
+    for sft and causal_lm runs. `trust_remote_code=True` lets the base model run code from the
+    hub; it is never taken from the run directory (which may come from anyone)."""
+    run_dir = require_finished_run(Path(run_dir))
+    task = read_json(run_dir / MODEL_DIR / "kitae_model.json").get("task", "single_label")
+    if task in TASKS and get_task_class(task).kind == "generator":
+        from kitae.generator import Generator
+
+        return Generator.from_run(run_dir, device=device, batch_size=batch_size or 8,
+                                  trust_remote_code=trust_remote_code)
+    return Classifier(run_dir, device=device, batch_size=batch_size or 32, trust_remote_code=trust_remote_code)

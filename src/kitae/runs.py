@@ -207,6 +207,29 @@ def check_writable_folder(folder: Path, inputs: dict[str, Path], is_own: bool, w
                       f"new folder, an empty one, or one it made itself: choose another {what}")
 
 
+def is_evaluation(folder: Path) -> bool:
+    """A folder `kitae evaluate` wrote (its metrics.json names the evaluated run), which it may rewrite."""
+    try:
+        return "evaluated_run" in read_json(Path(folder) / "metrics.json")
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_output_file(output: Path, source: Path, overwrite: bool) -> None:
+    """A file a command writes (predictions): never its input, a folder, or an existing file
+    without `overwrite`."""
+    from kitae.errors import KitaeError
+
+    if output.resolve() == source.resolve():
+        raise KitaeError(f"-o {output}: is the input file; write the predictions to another file")
+    if output.is_dir():
+        raise KitaeError(f"-o {output}: is a folder; give a .jsonl or .csv file name")
+    if output.exists() and not overwrite:
+        raise KitaeError(f"-o {output}: exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise KitaeError(f"-o {output}: the folder {output.parent} does not exist")
+
+
 class RunLock:
     """An exclusive lock on a folder (flock on `.kitae.lock`, released when the process ends,
     even by kill -9): two processes can never train in one run directory."""

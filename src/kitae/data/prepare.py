@@ -53,8 +53,11 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
     def build(rows: list, name: str) -> list[Example] | None:
         return build_examples(_expand(rows, data), data, task.encode_target, name, task.render) if rows else None
 
-    if data.split_file is not None:
-        train_rows, dev_rows, test_rows = _rows_by_split_file(train_rows, data.split_file, data.id_field)
+    if data.split_file is not None or data.split_field is not None:
+        if data.split_file is not None:
+            train_rows, dev_rows, test_rows = _rows_by_split_file(train_rows, data.split_file, data.id_field)
+        else:
+            train_rows, dev_rows, test_rows = _rows_by_split_field(train_rows, data.split_field)
         return _subsets(config, task, build(train_rows, "train"), build(dev_rows, "dev"), build(test_rows, "test"))
     # Train first: its errors are reported before those of dev and test.
     train = None if data.from_preference else build(train_rows, "train")
@@ -132,6 +135,25 @@ def _rows_by_split_file(rows: list, split_file: Path, id_field: str) -> tuple[li
                             f"(first: {unknown[0]!r})", path=split_file, field=name)
         parts.append([by_id[str(i)] for i in ids.get(name, [])])
     return parts[0], parts[1], parts[2]
+
+
+SPLIT_NAMES = {"train": 0, "dev": 1, "valid": 1, "validation": 1, "val": 1, "test": 2}
+
+
+def _rows_by_split_field(rows: list, field: str) -> tuple[list, list, list]:
+    """Rows by the split a column names (train / dev, valid, validation / test)."""
+    parts: tuple[list, list, list] = ([], [], [])
+    for row in rows:
+        if field not in row.values:
+            raise row.error("missing split column (data.split_field)", field)
+        name = str(row.values[field]).strip().lower()
+        if name not in SPLIT_NAMES:
+            raise row.error(f"unknown split {row.values[field]!r}: expected train, dev (or valid, validation) "
+                            "or test", field)
+        parts[SPLIT_NAMES[name]].append(row)
+    if not parts[0]:
+        raise DataError(f"no row is in split 'train' by column '{field}'", path=rows[0].path, field=field)
+    return parts
 
 
 def _subsets(config: RunConfig, task: Task, train: list[Example], dev: list[Example] | None,

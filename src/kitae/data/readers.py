@@ -76,6 +76,22 @@ def iter_rows(path: str | Path, encoding: str = "utf-8") -> Iterator[Row]:
     return _checked(path, _text_rows(path, suffix, codec, encoding))
 
 
+def iter_chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    """Rows in lists of `size` (the last one shorter): streaming in chunks.
+
+    >>> [len(c) for c in iter_chunks(iter(range(5)), 2)]
+    [2, 2, 1]
+    """
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def count_rows(path: str | Path) -> int | None:
     """A cheap row count for a progress bar: the non-blank lines of a .jsonl file (counted on bytes,
     in any ASCII-compatible encoding), the metadata of a parquet file; None for other formats,

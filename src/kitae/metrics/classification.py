@@ -378,11 +378,14 @@ def classification_report_rows(
 
 
 def _direction(metric: str) -> str:
-    if metric in METRIC_DIRECTIONS:
-        return METRIC_DIRECTIONS[metric]
+    from kitae.metrics.generation import GENERATION_DIRECTIONS
+
+    directions = {**METRIC_DIRECTIONS, **GENERATION_DIRECTIONS}
+    if metric in directions:
+        return directions[metric]
     for prefix in _SPLIT_PREFIXES:
-        if metric.startswith(prefix) and metric[len(prefix) :] in METRIC_DIRECTIONS:
-            return METRIC_DIRECTIONS[metric[len(prefix) :]]
+        if metric.startswith(prefix) and metric[len(prefix) :] in directions:
+            return directions[metric[len(prefix) :]]
     raise KeyError(
         f"unknown metric {metric!r}; expected one of {sorted(METRIC_DIRECTIONS)}, "
         f"optionally prefixed by a split such as 'dev_'"

@@ -31,6 +31,15 @@ __all__ = [
     "sentence_chrf",
 ]
 
+GENERATION_DIRECTIONS: dict[str, str] = {
+    "exact_match": "max",
+    "char_f1": "max",
+    "chrf": "max",
+    "choice_accuracy": "max",
+    "perplexity": "min",
+}
+"""Whether a larger or smaller value of each generation metric is better (see is_better)."""
+
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 

@@ -1,4 +1,4 @@
-"""Adapters: LoRA / DoRA / QLoRA through PEFT, or full fine-tuning.
+"""Adapters: LoRA / DoRA / QLoRA and prompt tuning through PEFT, or full fine-tuning.
 
 The classification head — and any module the checkpoint did not have (e.g. a BERT pooler that
 was never pretrained) — is trained in full and saved with the adapter (`modules_to_save`): the
@@ -42,6 +42,39 @@ def apply_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, head_name: 
         # Freshly initialised modules are trained in full; LoRA on a random frozen matrix is useless.
         exclude_modules=fresh or None,
     )
+    return get_peft_model(hf_model, lora_config)
+
+
+def apply_lm_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, tokenizer_path: str,
+                     gradient_checkpointing: bool = False) -> nn.Module:
+    """The module to train for a causal LM: a PeftModel (LoRA / DoRA / QLoRA adapters on every
+    linear layer, or a prompt-tuning soft prompt), or the model itself for full fine-tuning. The
+    pretrained LM head stays as it is (PEFT's all-linear leaves it out)."""
+    if gradient_checkpointing:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf_model.config.use_cache = False
+    if adapter.type == "full":
+        for parameter in hf_model.parameters():
+            parameter.requires_grad_(True)
+        return hf_model
+
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    if adapter.type == "prompt_tuning":
+        init_text = adapter.prompt_tuning_init_text
+        config = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=adapter.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if init_text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=init_text, tokenizer_name_or_path=tokenizer_path if init_text else None,
+        )
+        return get_peft_model(hf_model, config)
+    if adapter.type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        hf_model = prepare_model_for_kbit_training(hf_model, use_gradient_checkpointing=gradient_checkpointing)
+    lora_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=adapter.r, lora_alpha=adapter.alpha,
+                             lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
+                             use_dora=adapter.dora)
     return get_peft_model(hf_model, lora_config)
 
 

@@ -1,4 +1,4 @@
-"""Load a tokenizer and a `*ForSequenceClassification` backbone from any model source."""
+"""Load a tokenizer and a `*ForSequenceClassification` or `*ForCausalLM` model from any model source."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -111,6 +112,39 @@ def check_token_budget(tokenizer: Any, max_length: int, pair: bool = False) -> N
                           f"least {needed} (a few hundred is usual)")
 
 
+def _quantization_kwargs(plan: PrecisionPlan) -> dict[str, Any]:
+    load_kwargs: dict[str, Any] = {"dtype": plan.weights_dtype, "attn_implementation": plan.attn_implementation}
+    if plan.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=plan.autocast_dtype or torch.bfloat16,
+        )
+        load_kwargs["device_map"] = {"": plan.device}
+    return load_kwargs
+
+
+def load_for_causal_lm(source: ModelSource, model_config: ModelConfig, plan: PrecisionPlan) -> PreTrainedModel:
+    """A `*ForCausalLM` model (its pretrained LM head included), on plan.device."""
+    kwargs = _source_kwargs(source, model_config)
+    load_kwargs = _quantization_kwargs(plan)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs, **load_kwargs)
+    except (OSError, ValueError) as exc:
+        if "attn_implementation" in str(exc) or "sdpa" in str(exc).lower():
+            load_kwargs["attn_implementation"] = "eager"  # some architectures lack SDPA support
+            model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs, **load_kwargs)
+        else:
+            raise _cannot_load("weights", source, exc) from None
+    if is_encoder_config(model.config):
+        raise ConfigError(f"model.name: '{source.path}' is an encoder ({model.config.model_type}); sft and "
+                          "causal_lm need a decoder LLM (GPT-NeoX, Llama, Qwen, Gemma...)")
+    if not plan.load_in_4bit:
+        model.to(plan.device)
+    return model
+
+
 def load_for_classification(source: ModelSource, model_config: ModelConfig, plan: PrecisionPlan,
                             id2label: dict[int, str], pad_token_id: int | None,
                             problem_type: str | None = None) -> LoadedModel:
@@ -130,15 +164,7 @@ def load_for_classification(source: ModelSource, model_config: ModelConfig, plan
         config.pad_token_id = pad_token_id
         if hasattr(config, "get_text_config"):
             config.get_text_config().pad_token_id = pad_token_id
-    load_kwargs: dict[str, Any] = {"dtype": plan.weights_dtype, "attn_implementation": plan.attn_implementation}
-    if plan.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        load_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=plan.autocast_dtype or torch.bfloat16,
-        )
-        load_kwargs["device_map"] = {"": plan.device}
+    load_kwargs = _quantization_kwargs(plan)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             source.path, config=config, output_loading_info=True, **kwargs, **load_kwargs

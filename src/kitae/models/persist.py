@@ -1,4 +1,4 @@
-"""Save a trained classifier as a Hugging Face model folder, and load it back exactly.
+"""Save a trained classifier or causal LM as a Hugging Face model folder, and load it back exactly.
 
 LoRA runs save the PEFT adapter (`adapter_model.safetensors`, which also holds the trained head
 and any freshly initialised module via `modules_to_save`) plus the classifier `config.json`
@@ -71,3 +71,51 @@ def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool 
     classifier = SequenceClassifier(model, hf_model, meta["pooling"], not is_encoder_config(hf_model.config))
     classifier.eval()
     return classifier, tokenizer, meta, plan
+
+
+def save_causal_lm(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
+    """A causal LM: the PEFT adapter (LoRA weights or the soft prompt) or the full model, with the
+    tokenizer and kitae_model.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if model.model is model.hf_model:
+        model.hf_model.save_pretrained(folder, safe_serialization=True)
+    else:
+        model.model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    write_json(folder / META_FILE, meta)
+    follow_umask(folder)
+
+
+def load_causal_lm(folder: Path, device: str = "auto", trust_remote_code: bool = False,
+                   ) -> tuple[Any, Any, dict[str, Any], PrecisionPlan]:
+    """(CausalLM in eval mode, tokenizer, meta, precision plan) from a saved causal-LM folder;
+    `trust_remote_code` is the caller's decision alone (see load_classifier)."""
+    from transformers import AutoModelForCausalLM
+
+    from kitae.models.causal_lm import CausalLM
+    from kitae.models.loading import load_for_causal_lm
+
+    folder = Path(folder)
+    meta = read_json(folder / META_FILE)
+    model_config = ModelConfig.model_validate({**meta["model"], "trust_remote_code": trust_remote_code})
+    adapter = AdapterConfig.model_validate(meta["adapter"])
+    caps = probe_caps(device)
+    adapter_type = adapter.type if adapter.type != "qlora" or caps.bitsandbytes_installed else "lora"
+    plan = plan_precision(caps, model_config.dtype, model_config.attn_implementation, adapter_type)
+    tokenizer = load_tokenizer(ModelSource(str(folder)), model_config)
+    if adapter.type == "full":
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=plan.weights_dtype, attn_implementation=plan.attn_implementation,
+            trust_remote_code=model_config.trust_remote_code).to(plan.device)
+        model = hf_model
+    else:
+        from peft import PeftModel
+
+        base = ModelSource(meta["base_model"]["path"], meta["base_model"].get("gguf_file"),
+                           meta["base_model"].get("revision"))
+        hf_model = load_for_causal_lm(base, model_config, plan)
+        model = PeftModel.from_pretrained(hf_model, folder)
+    lm = CausalLM(model, hf_model, prompt_tuning=adapter.type == "prompt_tuning")
+    lm.eval()
+    return lm, tokenizer, meta, plan

@@ -17,6 +17,8 @@ TASKS: dict[str, str] = {
     "pair": "kitae.tasks.pair:PairTask",
     "regression": "kitae.tasks.regression:RegressionTask",
     "reward": "kitae.tasks.reward:RewardTask",
+    "sft": "kitae.tasks.sft:SFTTask",
+    "causal_lm": "kitae.tasks.causal_lm:CausalLMTask",
 }
 
 

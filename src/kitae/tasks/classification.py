@@ -40,6 +40,11 @@ class ClassificationTask(Task):
     @classmethod
     def configure(cls, config: RunConfig) -> None:
         data = config.data
+        if config.adapter.type == "prompt_tuning":
+            raise ValueError("adapter.type: prompt_tuning is for task sft and causal_lm; classifiers train "
+                             "lora, qlora or full")
+        if config.training.packing:
+            raise ValueError("training.packing is for task sft (causal_lm always packs)")
         if data.from_preference:
             raise ValueError("data.from_preference makes single_label examples (for a scalar reward with the "
                              "pairwise loss use task: reward)")
