@@ -52,3 +52,30 @@ def test_this_machine():
         assert plan_precision(caps).weights_dtype == torch.float32
     with pytest.raises(ConfigError, match="unknown device"):
         probe_caps("tpu")
+
+
+def test_liger_kernels_only_on_a_cuda_gpu_with_liger_installed():
+    with_liger = DeviceCaps("cuda", bf16=True, fp16=True, liger_installed=True)
+    plan = plan_precision(with_liger, "auto", "auto", "lora", kernels="liger")
+    assert plan.kernels == "liger" and "liger kernels" in plan.describe()
+    for caps, reason in ((CPU, "this machine has cpu"), (AMPERE, "without liger-kernel")):
+        with pytest.raises(ConfigError, match=f"training.kernels: liger needs a CUDA GPU.*{reason}"):
+            plan_precision(caps, "auto", "auto", "lora", kernels="liger")
+    assert plan_precision(CPU, "auto", "auto", "lora").kernels == "none"
+
+
+def test_kernels_are_checked_before_the_run_directory(tmp_path, tiny_models, separable_data):
+    import yaml
+    from conftest import tiny_config
+    from typer.testing import CliRunner
+
+    from kitae.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run", training={"kernels": "liger"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 2 and "training.kernels: liger needs a CUDA GPU" in result.output
+    assert not (tmp_path / "run").exists()

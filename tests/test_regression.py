@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 
 import kitae
 from kitae.config import config_from_dict
-from kitae.errors import DataError
+from kitae.errors import DataError, KitaeError
 from kitae.metrics.regression import mae, pearson, r2, regression_metrics, rmse, spearman
 
 
@@ -63,7 +63,13 @@ def test_regression_learns_and_reloads(tiny_models, tmp_path):
     assert hf_config["problem_type"] == "regression"
     clf = kitae.load(result.run_dir, batch_size=16)
     rows = [json.loads(line) for line in files["test"].read_text().splitlines()]
-    values = [p.label for p in clf.predict([r["text"] for r in rows])]
+    predictions = clf.predict([r["text"] for r in rows])
+    values = [p.label for p in predictions]
+    # A regression model outputs values, not probabilities (scores, not probabilities, hold them).
+    assert predictions[0].probabilities is None and predictions[0].scores == {"score": values[0]}
+    np.testing.assert_allclose(clf.decision_function([r["text"] for r in rows[:4]])[:, 0], values[:4], rtol=1e-5)
+    with pytest.raises(KitaeError, match="outputs values, not probabilities"):
+        clf.predict_proba([rows[0]["text"]])
     # Predictions come back in the targets' scale (0-5), not z-scores.
     assert 0.5 < np.mean(values) < 4.5
     assert pearson([r["score"] for r in rows], values) == pytest.approx(test["pearson"], abs=1e-4)

@@ -305,9 +305,10 @@ def test_sft_learns_the_mapping_and_generates(lm_models, qa_files, tmp_path):
     assert [r["generated"] for r in lines] == ["曇雷", "汁菜"] and lines[0]["id"] == "a"
 
 
-@pytest.mark.parametrize("adapter", ["lora", "prompt_tuning"])
+@pytest.mark.parametrize("adapter", ["lora", "dora", "prompt_tuning"])
 def test_adapters_train_save_and_reload(lm_models, qa_files, tmp_path, adapter):
-    sections = {"adapter": {"type": adapter, "num_virtual_tokens": 4},
+    sections = {"adapter": {"type": "lora" if adapter == "dora" else adapter, "dora": adapter == "dora",
+                            "num_virtual_tokens": 4},
                 "training": {"epochs": 2, "lr": 3e-2 if adapter == "prompt_tuning" else 1e-2}}
     cfg = sft_config(lm_models["llama"], qa_files, tmp_path / "run", **sections)
     result = _train(cfg)
@@ -316,6 +317,7 @@ def test_adapters_train_save_and_reload(lm_models, qa_files, tmp_path, adapter):
     assert float(history[2][loss]) < float(history[1][loss])  # it trains
     saved = json.loads((result.run_dir / "model" / "adapter_config.json").read_text())
     assert saved["peft_type"] == ("PROMPT_TUNING" if adapter == "prompt_tuning" else "LORA")
+    assert saved.get("use_dora", False) == (adapter == "dora")
     assert saved["task_type"] == "CAUSAL_LM"
     generator = kitae.load(result.run_dir)
     prompts = [r["instruction"] for r in qa_rows(6, 3)]
@@ -438,3 +440,83 @@ def test_sft_config_rules():
     assert config.training.lr == 3e-2 and config.training.select_metric == "loss"
     with pytest.raises(ConfigError, match="prompt_tuning is for task sft and causal_lm"):
         config_from_dict({**base, "task": "single_label", "adapter": {"type": "prompt_tuning"}}, check_files=False)
+
+
+# --- memory -----------------------------------------------------------------------------------------
+
+def test_memory_is_logged_every_n_steps_and_summarised(lm_models, qa_files, tmp_path):
+    cfg = sft_config(lm_models["llama"], qa_files, tmp_path / "run", training={"epochs": 1, "log_every_steps": 3})
+    result = _train(cfg)
+    import csv
+
+    rows = list(csv.DictReader((result.run_dir / "steps.csv").open(encoding="utf-8")))
+    assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]  # 96 examples / batch 8 = 12 updates
+    assert all(float(r["rss_gib"]) > 0.1 and float(r["tokens_per_s"]) > 0 for r in rows)
+    summary = json.loads((result.run_dir / "metrics.json").read_text())["summary"]
+    assert summary["peak_rss_gib"] >= max(float(r["rss_gib"]) for r in rows)
+    assert summary["largest_batch"]["examples"] == 8 and summary["largest_batch"]["tokens"] > 8
+    assert "rss_gib" in (result.run_dir / "history.csv").read_text().splitlines()[0]
+    assert "step 3: loss" in (result.run_dir / "train.log").read_text(encoding="utf-8")
+
+
+def test_out_of_memory_names_the_batch_and_the_largest_that_fitted(lm_models, qa_files, tmp_path, monkeypatch):
+    from kitae.tasks.generative import GenerativeTask
+
+    original = GenerativeTask.batch_loss
+    calls = {"n": 0}
+
+    def batch_loss(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, model, batch)
+
+    monkeypatch.setattr(GenerativeTask, "batch_loss", batch_loss)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(sft_config(lm_models["llama"], qa_files, tmp_path / "run"),
+                                          allow_unicode=True), encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", str(config_path)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "out of memory in epoch 1, batch 4 (8 examples" in output
+    assert "the largest batch that fitted had 8 examples" in output and "training.batch_size (now 8" in output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_export_merged_and_adapter_load_in_plain_transformers(lm_models, qa_files, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = _train(sft_config(lm_models["llama"], qa_files, tmp_path / "run", training={"epochs": 1}))
+    generator = kitae.load(result.run_dir)
+    prompt_ids = generator.prompt_ids("雨の答え")
+    expected = generator.generate(["雨の答え"])[0]
+    for kind in ("merged", "adapter"):
+        out = tmp_path / kind
+        args = ["export", str(result.run_dir), str(out), *(["--merge"] if kind == "merged" else [])]
+        assert CliRunner().invoke(app, args).exit_code == 0
+        if kind == "merged":
+            model = AutoModelForCausalLM.from_pretrained(out).eval()
+        else:  # the adapter names its base by its name, not a path of this machine: load the base here
+            assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "llama"
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lm_models["llama"]), out).eval()
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        ids = model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=4, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(ids[0, len(prompt_ids):], skip_special_tokens=True).strip()
+        assert text == expected, kind
+        meta = json.loads((out / "kitae_model.json").read_text())
+        assert meta["export"]["kind"] == kind and "pipeline_tag: text-generation" in (out / "README.md").read_text()
+
+
+def test_data_analyze_reports_prompt_and_response_lengths(lm_models, qa_files, tmp_path):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(sft_config(lm_models["llama"], qa_files, tmp_path / "run"),
+                                          allow_unicode=True), encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "analyze", str(config_path), "-o", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    train = summary["splits"]["train"]
+    assert train["examples"] == 96 and train["response_characters"]["max"] == 2
+    # "雨の答え:" -> <s> + 5 characters; + 2 answer characters + </s>.
+    assert train["prompt_tokens"]["max"] == 6 and train["tokens"]["max"] == 9 and train["tokens"]["over_max_length"] == 0

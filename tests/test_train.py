@@ -69,6 +69,9 @@ def test_run_directory_and_reload_gives_identical_logits(tiny_models, separable_
     np.testing.assert_array_equal(clf.logits(dev_texts), result.logits["dev"])
     predictions = clf.predict(texts[:3])
     assert all(p.label in clf.labels and abs(sum(p.probabilities.values()) - 1) < 1e-6 for p in predictions)
+    assert all(p.scores is None for p in predictions)
+    np.testing.assert_allclose(clf.predict_proba(texts[:3]), [list(p.probabilities.values()) for p in predictions],
+                               rtol=1e-6)
 
 
 class InterruptAt(Callback):

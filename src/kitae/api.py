@@ -47,7 +47,13 @@ from kitae.runs import (
     write_text_atomic,
 )
 from kitae.tasks.base import Task
-from kitae.training.callbacks import Callback, EpochLogger, HistoryWriter, ProgressBar
+from kitae.training.callbacks import (
+    Callback,
+    EpochLogger,
+    HistoryWriter,
+    MemoryMonitor,
+    ProgressBar,
+)
 from kitae.training.checkpoint import CheckpointStore, load_best_outputs, load_weights
 from kitae.training.loop import fit
 
@@ -86,7 +92,7 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
     # and the tokenised inputs (e.g. an SFT prompt longer than model.max_length).
     task, examples = prepare_data(config)
     plan = plan_precision(probe_caps(config.training.device), config.model.dtype,
-                          config.model.attn_implementation, config.adapter.type)
+                          config.model.attn_implementation, config.adapter.type, config.training.kernels)
     source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
     backbone = load_backbone(source, config.model)
     check_token_budget(backbone.tokenizer, config.model.max_length, pair=bool(config.data.text_fields))
@@ -165,9 +171,10 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
 
     # 3. Train, selecting the best epoch on dev.
     checkpoint_dir = run_dir / CHECKPOINT_DIR
+    memory = MemoryMonitor(run_dir, training.log_every_steps)
     watchers: list[Callback] = [ProgressBar(disable=None if progress is None else not progress),
                                 EpochLogger(training.select_metric, task.report_metrics[0]),
-                                HistoryWriter(run_dir, training.select_metric, task.report_metrics[0])]
+                                HistoryWriter(run_dir, training.select_metric, task.report_metrics[0]), memory]
     sampler = TrainBatches(splits["train"].lengths, training.batch_size, training.seed,
                            training.group_by_length, resample=task.resampler(splits["train"].targets))
     if sampler.resample is not None:
@@ -213,7 +220,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
                "epochs_run": len(loop.history), "stopped_early": loop.stopped_early,
                "train_seconds": round(loop.train_seconds, 2),
                "train_examples": len(examples["train"]), "truncated": {n: s.truncated for n, s in splits.items()},
-               "warnings": warnings}
+               **memory.summary(), "warnings": warnings}
     write_json(run_dir / "metrics.json", {**metrics, "summary": summary})
     write_json(run_dir / "labels.json", {"task": config.task, "labels": task.labels})
     source = backbone.source

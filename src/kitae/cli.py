@@ -109,12 +109,14 @@ def predict(
 @_user_errors
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with --model: a run config).")],
-    labelled: Annotated[Path | None, typer.Argument(help="Labelled data file (with --model: default the config's "
-                                                          "dev and test).")] = None,
+    labelled: Annotated[Path | None, typer.Argument(help="Labelled data file (sft runs and --model: default the "
+                                                          "config's own dev and test).")] = None,
     output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir", help="Default: RUN_DIR/eval-<file>.")] = None,
     model: Annotated[str | None, typer.Option(help="Evaluate this base model, untrained, with the config given "
                                                    "as RUN_DIR (sft / causal_lm): the 'before' of a run.")] = None,
     set_: SetOption = None,
+    split: Annotated[list[str] | None, typer.Option(help="Without a file: which of the config's splits "
+                                                         "(dev, test; default both).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Texts per batch.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     trust_remote_code: TrustOption = False,
@@ -126,16 +128,21 @@ def evaluate(
 
     _setup_logging(False)
     if model is not None:
-        _evaluate_base(run_dir, labelled, model, output_dir, set_ or [], device)
+        _evaluate_base(run_dir, labelled, model, output_dir, set_ or [], device, split)
         return
-    if labelled is None:
-        raise KitaeError("give the labelled file to evaluate on (or --model NAME with a config)")
     loaded = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
     overrides = _generation_overrides(set_ or [])
     if hasattr(loaded, "generate"):
+        if labelled is None:
+            results = loaded.evaluate_splits(_config_splits(loaded.config, split),
+                                             output_dir or Path(run_dir) / "eval-splits", **overrides)
+            _print_metrics(results, loaded.config.task)
+            return
         metrics = loaded.evaluate_file(labelled, output_dir, **overrides)
         _print_metrics({labelled.name: metrics}, loaded.config.task)
         return
+    if labelled is None:
+        raise KitaeError("give the labelled file to evaluate on")
     if overrides:
         raise KitaeError("--set generation.* is for sft and causal_lm runs")
     metrics = loaded.evaluate_file(labelled, output_dir)
@@ -154,8 +161,23 @@ def _generation_overrides(sets: list[str]) -> dict[str, Any]:
     return raw.get("generation", {})
 
 
+def _config_splits(config: Any, names: list[str] | None) -> dict[str, Any]:
+    """The examples of a config's dev / test splits (prepared exactly as training did)."""
+    from kitae.data.prepare import prepare_data
+
+    wanted = names or ["dev", "test"]
+    unknown = [n for n in wanted if n not in ("train", "dev", "test")]
+    if unknown:
+        raise KitaeError(f"--split {unknown[0]}: expected dev, test or train")
+    _, examples = prepare_data(config)
+    missing = [n for n in wanted if n not in examples]
+    if missing:
+        raise KitaeError(f"--split {missing[0]}: the config has no {missing[0]} split")
+    return {n: examples[n] for n in wanted}
+
+
 def _evaluate_base(config_path: Path, labelled: Path | None, model: str, output_dir: Path | None,
-                   sets: list[str], device: str) -> None:
+                   sets: list[str], device: str, split: list[str] | None = None) -> None:
     from kitae.config import load_config
     from kitae.generator import Generator
 
@@ -166,10 +188,7 @@ def _evaluate_base(config_path: Path, labelled: Path | None, model: str, output_
         metrics = generator.evaluate_file(labelled, out)
         _print_metrics({labelled.name: metrics}, config.task)
     else:
-        from kitae.data.prepare import prepare_data
-
-        _, examples = prepare_data(config)
-        results = generator.evaluate_splits({n: e for n, e in examples.items() if n != "train"}, out)
+        results = generator.evaluate_splits(_config_splits(config, split), out)
         _print_metrics(results, config.task)
     console.print(f"evaluation of the untrained {model}: [bold]{out}[/bold]")
 
@@ -330,6 +349,69 @@ def data_analyze(
             cooc.add_row(label, *map(str, row))
         console.print(cooc)
     console.print(f"report: [bold]{out}[/bold] ({', '.join(sorted(p.name for p in out.iterdir()))})")
+
+
+@data_app.command("filter")
+@_user_errors
+def data_filter(
+    config: Annotated[Path, typer.Argument(help="A YAML run config (task sft): its data.train is filtered.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The kept rows (.jsonl, .csv or .tsv); "
+                                         "<stem>.report.json and <stem>.dropped.jsonl are written beside it.")],
+    input: Annotated[Path | None, typer.Option("--input", help="Filter this file instead of data.train "
+                                               "(read with the config's columns).")] = None,
+    set_: SetOption = None,
+    exact_dup: Annotated[bool, typer.Option("--exact-dup/--no-exact-dup", help="Drop rows whose text "
+                                            "(NFKC, whitespace collapsed) equals an earlier kept row's.")] = True,
+    near_dup: Annotated[bool, typer.Option("--near-dup/--no-near-dup", help="Drop near duplicates "
+                                           "(character 5-gram MinHash + LSH, confirmed by Jaccard).")] = True,
+    near_dup_threshold: Annotated[float, typer.Option(help="Jaccard similarity of a near duplicate.")] = 0.85,
+    min_chars: Annotated[int, typer.Option(help="Drop responses shorter than this (characters).")] = 1,
+    max_chars: Annotated[int | None, typer.Option(help="Drop responses longer than this (characters).")] = None,
+    max_prompt_chars: Annotated[int | None, typer.Option(help="Drop prompts longer than this (characters).")] = None,
+    min_japanese: Annotated[float, typer.Option(help="Drop rows whose share of Japanese characters is below "
+                                                     "this, e.g. 0.3 (0: off).")] = 0.0,
+    score_with: Annotated[Path | None, typer.Option(help="A trained kitae classifier run that scores the "
+                                                         "remaining rows (with --keep).")] = None,
+    keep: Annotated[list[str] | None, typer.Option(help="Keep rows whose prediction satisfies this: "
+                                                        "label==NAME, label!=NAME, p(NAME)>=0.7 (also >, <=, <); "
+                                                        "repeatable, all must hold.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Texts per classifier batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps (the classifier's).")] = "auto",
+    strict: Annotated[bool, typer.Option(help="A row that cannot be read is an error, not a dropped row.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the output, report and dropped files.")] = False,
+    trust_remote_code: TrustOption = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Select SFT data: drop exact and near duplicates, too short / long responses, non-Japanese
+    rows and rows a trained classifier rejects; write the kept rows, a report and the dropped rows."""
+    from kitae.config import load_config
+    from kitae.data.filtering import FilterOptions, filter_file
+
+    _setup_logging(verbose)
+    options = FilterOptions(exact_duplicates=exact_dup, near_duplicates=near_dup,
+                            near_dup_threshold=near_dup_threshold, min_chars=min_chars, max_chars=max_chars,
+                            max_prompt_chars=max_prompt_chars, min_japanese=min_japanese, score_with=score_with,
+                            keep=tuple(keep or ()), batch_size=batch_size, device=device,
+                            trust_remote_code=trust_remote_code, strict=strict)
+    report = filter_file(load_config(config, set_ or []), output, input=input, options=options,
+                         overwrite=overwrite, progress=True)
+    table = Table(title=f"filter {report.input.name}")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    share = (lambda count: f"{count / report.rows:.1%}") if report.rows else (lambda count: "")
+    table.add_row("kept", str(report.kept), share(report.kept))
+    for reason, count in report.reasons.items():
+        table.add_row(f"dropped: {reason}", str(count), share(count))
+    table.add_row("total", str(report.rows), share(report.rows))
+    console.print(table)
+    if report.classifier is not None:
+        scored = report.classifier["scored"]
+        predicted = ", ".join(f"{label} {count}" for label, count in report.classifier["predicted"].items())
+        console.print(f"classifier {escape(report.classifier['run'])}: scored {scored['row']} rows on their columns, "
+                      f"{scored['response']} on the response; predicted: {escape(predicted) or '-'}", highlight=False)
+    console.print(f"kept rows: [bold]{escape(str(report.output))}[/bold]; report: {escape(str(report.report_file))}; "
+                  f"dropped rows: {escape(str(report.dropped_file))}", highlight=False)
 
 
 def _print_label_rates(path: Path, report: dict[str, Any]) -> None:

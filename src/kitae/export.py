@@ -41,7 +41,8 @@ from kitae.runs import (
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_FILES = ("adapter_model.safetensors", "config.json")
+# A classifier adapter also ships its head's config (num_labels, id2label).
+CLASSIFIER_CONFIG = "config.json"
 
 
 def is_kitae_export(folder: Path) -> bool:
@@ -75,9 +76,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
     if own and not overwrite:
         raise RunDirError(f"{out_dir}: already holds a kitae export; pass --overwrite to replace it")
     clf = load(run_dir, device="cpu", trust_remote_code=trust_remote_code)
+    generator = hasattr(clf, "generate")
+    meta = read_json(run_dir / MODEL_DIR / META_FILE)
     full = clf.model.model is clf.model.hf_model
     merged = merge or full
-    if merged and clf.model.pooling == "mean":
+    if merged and generator and meta["adapter"]["type"] == "prompt_tuning":
+        raise KitaeError(f"{run_dir}: a prompt-tuning soft prompt cannot be merged into the weights; export the "
+                         "adapter (without --merge), which PEFT loads onto the base model")
+    if merged and not generator and clf.model.pooling == "mean":
         raise KitaeError(
             f"{run_dir}: this model pools the mean of token states (model.pooling: mean), which "
             "transformers' *ForSequenceClassification cannot express; a merged export would not give "
@@ -89,20 +95,25 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
     partial.mkdir(parents=True)
     try:
         tokenizer = clf.tokenizer
-        tokenizer.padding_side = "right"
+        # Classifiers: right padding makes transformers' own pooling kitae's. Causal LMs keep
+        # their tokenizer's side (generation pads on the left).
+        if not generator:
+            tokenizer.padding_side = "right"
         if merged:
             model = clf.model.hf_model if full else clf.model.model.merge_and_unload()
-            model.config.use_cache = False
+            if not generator:
+                model.config.use_cache = False
             model.save_pretrained(partial, safe_serialization=True)
         else:
-            for name in ADAPTER_FILES:
-                shutil.copyfile(run_dir / MODEL_DIR / name, partial / name)
+            if not generator:
+                shutil.copyfile(run_dir / MODEL_DIR / CLASSIFIER_CONFIG, partial / CLASSIFIER_CONFIG)
+            shutil.copyfile(run_dir / MODEL_DIR / "adapter_model.safetensors", partial / "adapter_model.safetensors")
             adapter_config = read_json(run_dir / MODEL_DIR / "adapter_config.json")
-            adapter_config["base_model_name_or_path"] = hub_model_name(clf.meta["model"]["name"])
+            adapter_config["base_model_name_or_path"] = hub_model_name(meta["model"]["name"])
             write_json(partial / "adapter_config.json", adapter_config)
         tokenizer.save_pretrained(partial)
         _scrub_name_or_path(partial)
-        write_json(partial / META_FILE, public_meta(clf.meta, kind, run_dir))
+        write_json(partial / META_FILE, public_meta(meta, kind, run_dir))
         write_text_atomic(partial / "README.md", build_card(run_dir, exported=kind))
         for image in run_dir.glob("confusion_matrix_*.png"):
             shutil.copyfile(image, partial / image.name)

@@ -22,7 +22,7 @@ from kitae.config import read_saved_config
 from kitae.data.batching import EncodedSplit, encode_texts
 from kitae.data.examples import build_examples
 from kitae.data.readers import Row, count_rows, iter_chunks, iter_rows
-from kitae.errors import DataError, RunDirError
+from kitae.errors import DataError, KitaeError, RunDirError
 from kitae.inference.logits import Batching, predict_logits
 from kitae.models.persist import load_classifier
 from kitae.runs import (
@@ -45,8 +45,15 @@ PREDICT_CHUNK_ROWS = 4096  # rows read, encoded and predicted at a time by predi
 
 @dataclass
 class Prediction:
-    label: Any  # single_label / pair: a label; multi_label: a list of labels; regression: the value(s)
-    probabilities: dict[str, float]
+    """One text's prediction. `label` is the decision: a label (single_label, pair), a list of
+    labels (multi_label), the value or values (regression), the score (reward). `probabilities`
+    (per label) are a classifier's; `scores` (per output name) the real values a regression or
+    reward model outputs — the other one is None, as scikit-learn keeps `predict_proba` and
+    `decision_function` apart."""
+
+    label: Any
+    probabilities: dict[str, float] | None = None
+    scores: dict[str, float] | None = None
 
 
 class Classifier:
@@ -91,9 +98,29 @@ class Classifier:
         if isinstance(texts[0], dict):
             texts = [self._render(row) for row in texts]
         logits = self.logits(list(texts))
-        probs = self.task.probabilities(logits)
-        return [Prediction(decision, {label: float(v) for label, v in zip(self.labels, p)})
-                for decision, p in zip(self.task.predicted_labels(logits), probs)]
+        values = self.task.probabilities(logits)
+        predictions = []
+        for decision, row in zip(self.task.predicted_labels(logits), values):
+            named = {label: float(v) for label, v in zip(self.labels, row)}
+            predictions.append(Prediction(decision, named, None) if self.task.outputs_probabilities
+                               else Prediction(decision, None, named))
+        return predictions
+
+    def predict_proba(self, texts: Sequence[Any]) -> np.ndarray:
+        """Probabilities (texts, labels) of a classifier (softmax; sigmoid for multi_label)."""
+        if not self.task.outputs_probabilities:
+            raise KitaeError(f"a {self.meta['task']} model outputs values, not probabilities: use decision_function")
+        return self.task.probabilities(self.logits(self._texts(texts)))
+
+    def decision_function(self, texts: Sequence[Any]) -> np.ndarray:
+        """The model's real-valued outputs: logits of a classifier, values of a regression model
+        (in target units), scores of a reward model."""
+        logits = self.logits(self._texts(texts))
+        return logits if self.task.outputs_probabilities else self.task.probabilities(logits)
+
+    def _texts(self, texts: Sequence[Any]) -> list[Any]:
+        texts = list(texts)
+        return [self._render(row) for row in texts] if texts and isinstance(texts[0], dict) else texts
 
     def _render(self, values: dict[str, Any]) -> Any:
         return self.task.render(Row(values, Path("<input>"), 0))

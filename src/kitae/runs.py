@@ -7,6 +7,7 @@ RUN_DIR/
   labels.json               index -> label
   metrics.json              dev and test metrics of the selected epoch
   history.csv, history.png  per-epoch train loss, dev loss and dev metrics
+  steps.csv                 loss, learning rate, throughput and memory every log_every_steps steps
   predictions_{dev,test}.jsonl
   confusion_matrix_{split}.png / .csv, classification_report_{split}.csv
   model/                    Hugging Face format: PEFT adapter (+ head) or full weights,

@@ -86,6 +86,10 @@ def analyze(config: RunConfig, output_dir: str | Path, tokenize: bool = True) ->
                                 for label, v in zip(task.labels, values.T)}
         if has_classes:
             rates[name] = {r["label"]: r["rate"] for r in rate_rows if r["split"] == name}
+        if task.kind == "generator":
+            _generation_lengths(task, name, split, config, tokenizer, entry, token_lengths)
+            report["splits"][name] = entry
+            continue
         # Lengths of what the model reads: a pair counts once, a reward pair as its two texts.
         texts, _ = task.model_texts([e.text for e in split], is_decoder)
         chars = np.array([sum(map(len, t)) if isinstance(t, tuple) else len(t) for t in texts])
@@ -107,3 +111,33 @@ def analyze(config: RunConfig, output_dir: str | Path, tokenize: bool = True) ->
     if token_lengths:
         plot_length_histogram(token_lengths, config.model.max_length, output_dir / "token_lengths.png")
     return report
+
+
+def _generation_lengths(task: Any, name: str, split: list[Any], config: RunConfig, tokenizer: Any,
+                        entry: dict[str, Any], token_lengths: dict[str, list[int]]) -> None:
+    """sft / causal_lm: characters of each example (prompt and response), and its tokens in the
+    run's prompt format (prompt, response, and how many responses max_length would cut)."""
+    def characters(text: Any) -> tuple[int, int]:
+        if isinstance(text, str):
+            return len(text), 0
+        prompt = sum(len(user) for user, _ in text.turns) + len(text.system or "")
+        return prompt, sum(len(answer or "") for _, answer in text.turns)
+
+    counts = np.array([characters(e.text) for e in split])
+    entry["characters"] = _length_stats(counts.sum(axis=1), None)
+    if config.task == "sft":
+        entry["prompt_characters"] = _length_stats(counts[:, 0], None)
+        entry["response_characters"] = _length_stats(counts[:, 1], None)
+    if tokenizer is None:
+        return
+    from kitae.models.loading import Backbone
+
+    encoded = task.encode(name, split, Backbone(None, config.model, tokenizer, None))  # type: ignore[arg-type]
+    if config.task == "sft":
+        tokens = np.array([len(ids) for ids, _ in encoded.examples])
+        entry["tokens"] = {**_length_stats(tokens, None), "over_max_length": encoded.truncated}
+        entry["prompt_tokens"] = _length_stats(np.array(encoded.prompt_lengths), None)
+    else:
+        tokens = encoded.lengths
+        entry["tokens"] = {**_length_stats(tokens, None), "rows": len(encoded)}
+    token_lengths[name] = tokens.tolist()

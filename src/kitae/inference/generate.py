@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from kitae.inference.logits import autocast
 
@@ -39,11 +40,25 @@ def hf_generation_config(settings: GenerationSettings, eos_token_ids: list[int],
         repetition_penalty=settings.repetition_penalty if settings.repetition_penalty != 1.0 else None,
         eos_token_id=eos_token_ids or None,
         pad_token_id=pad_token_id,
-        stop_strings=list(settings.stop) or None,
     )
     if not sample:
         config.top_k = None  # transformers' default top_k (50) only warns under greedy decoding
     return config
+
+
+class StopOnStrings(StoppingCriteria):
+    """Stop a row once its generated text holds a stop string: decodes only the last few tokens
+    of each row per step (transformers' StopStringCriteria precomputes a table over the whole
+    vocabulary on every call — 0.7 s per batch with Gemma's 262k tokens)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int) -> None:
+        self.tokenizer, self.stops, self.prompt_width = tokenizer, [s for s in stops if s], prompt_width
+        self.window = max((len(s) for s in self.stops), default=0) + 4  # tokens: at least a character each
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        new = input_ids[:, self.prompt_width:]
+        tails = self.tokenizer.batch_decode(new[:, -self.window:], skip_special_tokens=True)
+        return torch.tensor([any(s in tail for s in self.stops) for tail in tails], device=input_ids.device)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -83,9 +98,12 @@ def generate(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int]], set
             prompt = prompts[index]
             ids[row, width - len(prompt):] = torch.tensor(prompt)
             mask[row, width - len(prompt):] = 1
+        criteria = None
+        if settings.stop:
+            criteria = StoppingCriteriaList([StopOnStrings(tokenizer, settings.stop, width)])
         with autocast(plan):
             out = model.generate(input_ids=ids.to(plan.device), attention_mask=mask.to(plan.device),
-                                 generation_config=config, tokenizer=tokenizer if settings.stop else None)
+                                 generation_config=config, stopping_criteria=criteria)
         new = out[:, width:].cpu()
         for row, index in enumerate(indices):
             tokens = []

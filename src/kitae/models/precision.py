@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,6 +22,7 @@ class DeviceCaps:
     fp16: bool = False
     flash_attn_installed: bool = False
     bitsandbytes_installed: bool = False
+    liger_installed: bool = False
 
     @property
     def kind(self) -> str:
@@ -36,12 +38,14 @@ class PrecisionPlan:
     autocast_dtype: torch.dtype | None
     attn_implementation: str
     load_in_4bit: bool = False
+    kernels: str = "none"  # "liger": Triton kernels patched into the model (RMSNorm, RoPE, SwiGLU)
 
     def describe(self) -> str:
         amp = f", autocast {str(self.autocast_dtype).removeprefix('torch.')}" if self.autocast_dtype else ""
         quant = ", 4-bit base" if self.load_in_4bit else ""
+        kernels = f", {self.kernels} kernels" if self.kernels != "none" else ""
         return (f"{self.device}, weights {str(self.weights_dtype).removeprefix('torch.')}{amp}, "
-                f"attention {self.attn_implementation}{quant}")
+                f"attention {self.attn_implementation}{quant}{kernels}")
 
 
 def probe_caps(requested_device: str = "auto") -> DeviceCaps:
@@ -63,6 +67,7 @@ def probe_caps(requested_device: str = "auto") -> DeviceCaps:
             fp16=True,
             flash_attn_installed=importlib.util.find_spec("flash_attn") is not None,
             bitsandbytes_installed=importlib.util.find_spec("bitsandbytes") is not None,
+            liger_installed=importlib.util.find_spec("liger_kernel") is not None,
         )
     if kind == "mps":
         return DeviceCaps(requested_device, fp16=True)
@@ -75,7 +80,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
-                   adapter_type: str = "lora") -> PrecisionPlan:
+                   adapter_type: str = "lora", kernels: str = "none") -> PrecisionPlan:
     """Pick weights/autocast dtypes and the attention kernel for a device.
 
     - CPU: float32 (bf16 matmuls are emulated on most CPUs and far slower).
@@ -83,6 +88,8 @@ def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
       float32 master weights and autocasts to bf16 (pure-bf16 AdamW updates lose precision).
     - Older GPU: float32 weights with fp16 autocast (and a grad scaler in the loop).
     - flash_attention_2 only when installed and computing in 16 bits; else PyTorch SDPA.
+    - kernels "liger" (Liger's Triton RMSNorm / RoPE / SwiGLU) only on a CUDA GPU with
+      liger-kernel installed; refused elsewhere.
 
     >>> plan_precision(DeviceCaps("cpu")).weights_dtype
     torch.float32
@@ -122,4 +129,20 @@ def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
                                        and compute in (torch.bfloat16, torch.float16)) else "sdpa"
     elif attn == "flash_attention_2" and not caps.flash_attn_installed:
         raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn package and a GPU")
-    return PrecisionPlan(caps.device, weights, autocast, attn, load_in_4bit)
+    if kernels == "liger" and (caps.kind != "cuda" or not caps.liger_installed):
+        raise ConfigError("training.kernels: liger needs a CUDA GPU (its kernels are Triton) and "
+                          "pip install liger-kernel; this machine has "
+                          f"{caps.device}{' without liger-kernel' if caps.kind == 'cuda' else ''}. "
+                          "Use training.kernels: none here.")
+    return PrecisionPlan(caps.device, weights, autocast, attn, load_in_4bit, kernels)
+
+
+def apply_kernels(model: Any, plan: PrecisionPlan) -> None:
+    """Patch the plan's fused kernels into a loaded model (its modules; kitae computes its own
+    loss, so Liger's fused linear cross-entropy is left out)."""
+    if plan.kernels != "liger":
+        return
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
+                                    cross_entropy=False, fused_linear_cross_entropy=False)

@@ -36,6 +36,8 @@ logger = logging.getLogger("kitae")
 class ClassificationTask(Task):
     problem_type: ClassVar[str] = "single_label_classification"  # transformers' config.problem_type
     group_size: ClassVar[int] = 1  # token sequences per example (reward: chosen and rejected)
+    # Whether `probabilities` are probabilities (classifiers) or real values (regression, reward).
+    outputs_probabilities: ClassVar[bool] = True
 
     @classmethod
     def configure(cls, config: RunConfig) -> None:
@@ -103,11 +105,13 @@ class ClassificationTask(Task):
         from kitae.models.adapters import apply_adapter, count_parameters
         from kitae.models.classifier import SequenceClassifier, find_head_name
         from kitae.models.loading import load_for_classification
+        from kitae.models.precision import apply_kernels
 
         config = self.config
         id2label = dict(enumerate(self.labels))
         loaded = load_for_classification(backbone.source, config.model, plan, id2label,
                                          backbone.tokenizer.pad_token_id, self.problem_type)
+        apply_kernels(loaded.model, plan)
         pooling = resolve_pooling(config.model.pooling, loaded.is_decoder, loaded.new_modules)
         model = apply_adapter(loaded.model, config.adapter, find_head_name(loaded.model), loaded.new_modules,
                               config.training.gradient_checkpointing)

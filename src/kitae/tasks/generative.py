@@ -71,9 +71,11 @@ class GenerativeTask(Task):
         from kitae.models.adapters import apply_lm_adapter, count_parameters
         from kitae.models.causal_lm import CausalLM
         from kitae.models.loading import load_for_causal_lm
+        from kitae.models.precision import apply_kernels
 
         config = self.config
         hf_model = load_for_causal_lm(backbone.source, config.model, plan)
+        apply_kernels(hf_model, plan)
         self._add_model_eos(hf_model)
         model = apply_lm_adapter(hf_model, config.adapter, backbone.source.path, config.training.gradient_checkpointing)
         lm = CausalLM(model, hf_model, prompt_tuning=config.adapter.type == "prompt_tuning")

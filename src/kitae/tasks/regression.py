@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 class RegressionTask(ClassificationTask):
     name = "regression"
     problem_type = "regression"
+    outputs_probabilities = False
     metric_names = ("rmse", "mae", "r2", "pearson", "spearman", "loss")
     report_metrics = ("rmse", "mae", "r2", "pearson", "spearman")
     default_select_metric = "rmse"

@@ -37,6 +37,7 @@ def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
 class RewardTask(ClassificationTask):
     name = "reward"
     problem_type = "regression"  # one real-valued output: a score
+    outputs_probabilities = False
     group_size = 2
     metric_names = ("pairwise_accuracy", "mean_margin", "loss")
     report_metrics = ("pairwise_accuracy", "mean_margin")

@@ -68,11 +68,68 @@ class ProgressBar(Callback):
 
 
 def memory_snapshot() -> dict[str, float]:
-    """Resident memory of this process and, on CUDA, peak allocated memory (GiB)."""
+    """Resident memory of this process and, on CUDA, allocated / reserved / peak allocated
+    memory (GiB)."""
     snapshot = {"rss_gib": round(psutil.Process(os.getpid()).memory_info().rss / 2**30, 3)}
     if torch.cuda.is_available():
+        snapshot["cuda_allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 3)
+        snapshot["cuda_reserved_gib"] = round(torch.cuda.memory_reserved() / 2**30, 3)
         snapshot["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return snapshot
+
+
+class MemoryMonitor(Callback):
+    """Loss, learning rate, throughput and memory every `every` optimizer steps: in the log and in
+    steps.csv (one row per logging step); the run's peaks and the largest batch that fitted go to
+    the metrics.json summary (`summary()`)."""
+
+    def __init__(self, run_dir: Path, every: int = 10) -> None:
+        self.path = Path(run_dir) / "steps.csv"
+        self.every = every
+        self.peaks: dict[str, float] = {}
+        self.largest_batch: dict[str, int] = {"examples": 0, "tokens": 0}
+        self.window_tokens = 0
+        self.window_started = time.perf_counter()
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        if self.path.is_file():
+            # A resumed run replays the steps after its checkpoint: drop their rows.
+            import csv
+
+            from kitae.runs import write_csv
+
+            with self.path.open(encoding="utf-8") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= info.get("global_step", 0)]
+            write_csv(self.path, rows)
+
+    def on_step_end(self, step: dict[str, Any]) -> None:
+        self.window_tokens += step["tokens"]
+        if step["tokens"] > self.largest_batch["tokens"]:
+            self.largest_batch = {"examples": step["examples"], "tokens": step["tokens"]}
+        if step["global_step"] % self.every or not step.get("boundary", True):
+            return
+        snapshot = memory_snapshot()
+        for key, value in snapshot.items():
+            self.peaks[key] = max(self.peaks.get(key, 0.0), value)
+        elapsed = max(time.perf_counter() - self.window_started, 1e-9)
+        row = {"step": step["global_step"], "epoch": step["epoch"] + 1, "loss": round(step["loss"], 5),
+               "lr": step["lr"], "tokens_per_s": round(self.window_tokens / elapsed, 1), **snapshot}
+        self.window_tokens, self.window_started = 0, time.perf_counter()
+        logger.info("step %d: loss %.4f, lr %.2e, %s tok/s, %s", row["step"], step["loss"], step["lr"],
+                    row["tokens_per_s"], ", ".join(f"{k} {v}" for k, v in snapshot.items()))
+        new = not self.path.is_file()
+        with self.path.open("a", encoding="utf-8") as handle:  # a log, appended like train.log
+            if new:
+                handle.write(",".join(row) + "\n")
+            handle.write(",".join(str(v) for v in row.values()) + "\n")
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        for key, value in memory_snapshot().items():
+            self.peaks[key] = max(self.peaks.get(key, 0.0), value)
+
+    def summary(self) -> dict[str, Any]:
+        return {"peak_rss_gib": self.peaks.get("rss_gib"), "cuda_peak_gib": self.peaks.get("cuda_peak_gib"),
+                "largest_batch": self.largest_batch}
 
 
 class EpochLogger(Callback):
@@ -82,7 +139,7 @@ class EpochLogger(Callback):
         self.select_metric, self.headline = select_metric, headline
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
-        logger.info("training: %s", ", ".join(f"{k}={v}" for k, v in info.items() if k != "history"))
+        logger.info("training: %s", ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("history", "global_step")))
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         keys = ["train_loss", "dev_loss", f"dev_{self.select_metric}", f"dev_{self.headline}", "seconds", "rss_gib",

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 
 from kitae.config import TrainingConfig
 from kitae.data.batching import TrainBatches
+from kitae.errors import KitaeError
 from kitae.inference.logits import autocast
 from kitae.metrics import is_better
 from kitae.models.precision import PrecisionPlan
@@ -35,6 +36,26 @@ from kitae.training.callbacks import Callback, memory_snapshot
 from kitae.training.checkpoint import CheckpointStore, LoopState, rng_state
 
 logger = logging.getLogger(__name__)
+
+
+class OutOfMemory(KitaeError):
+    """A batch did not fit in memory: which one, and the largest that did."""
+
+    def __init__(self, epoch: int, batch_index: int, batch: Any, largest: tuple[int, int],
+                 training: TrainingConfig) -> None:
+        fitted = (f"the largest batch that fitted had {largest[0]} examples, {largest[1]} tokens"
+                  if largest[1] else "no batch fitted yet")
+        super().__init__(
+            f"out of memory in epoch {epoch + 1}, batch {batch_index + 1} ({batch.examples} examples, "
+            f"{batch.tokens} tokens); {fitted}. Lower training.batch_size (now {training.batch_size}; keep the "
+            f"effective batch with training.grad_accum) or model.max_length, or set "
+            f"training.gradient_checkpointing: true")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 class TrainingInterrupted(Exception):
@@ -82,11 +103,12 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
     info = {"examples": len(train), "epochs": training.epochs, "batch_size": training.batch_size,
             "grad_accum": training.grad_accum, "updates": total_updates,
             "trainable_parameters": sum(p.numel() for p in trainable), "precision": plan.describe(),
-            "history": state.history}
+            "history": state.history, "global_step": state.global_step}
     for cb in callbacks:
         cb.on_train_begin(info)
 
     boundary_rng = rng_state()  # the RNG at the boundary `state` describes
+    largest = (0, 0)  # (examples, tokens) of the largest batch that fitted in memory
     last_save = time.monotonic()
     clock = time.monotonic()
 
@@ -104,10 +126,17 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
                 pending_loss, pending_batches = 0.0, 0  # batches since the boundary
                 for batch_index in range(state.batches_done, len(batches)):
                     batch = task.batch(train, batches[batch_index], device)
-                    with autocast(plan):
-                        loss = task.batch_loss(model, batch)
-                    scaled = loss / training.grad_accum
-                    (scaler.scale(scaled) if scaler else scaled).backward()
+                    try:
+                        with autocast(plan):
+                            loss = task.batch_loss(model, batch)
+                        scaled = loss / training.grad_accum
+                        (scaler.scale(scaled) if scaler else scaled).backward()
+                    except (torch.OutOfMemoryError, RuntimeError) as exc:
+                        if not _is_out_of_memory(exc):
+                            raise
+                        raise OutOfMemory(state.epoch, batch_index, batch, largest, training) from None
+                    if batch.tokens > largest[1]:
+                        largest = (batch.examples, batch.tokens)
                     pending_loss += loss.item()
                     pending_batches += 1
 
@@ -122,6 +151,7 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
                             pending_loss, pending_batches = 0.0, 0
                             boundary_rng = rng_state()
                     step = {"epoch": state.epoch, "batch": batch_index + 1, "global_step": state.global_step,
+                            "boundary": is_boundary,
                             "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "examples": batch.examples,
                             "tokens": batch.tokens}
                     for cb in callbacks:
