@@ -1,4 +1,4 @@
-"""LoRA vs QLoRA vs Liger kernels on a GPU, side by side in one run: tokens/s, peak CUDA memory,
+"""LoRA vs QLoRA vs DoRA, with and without Liger / Unsloth kernels, on a GPU, side by side in one run: tokens/s, peak CUDA memory,
 and the dev loss each reaches on the same data.
 
     python bench/gpu_adapters.py examples/jsquad-sft.yaml [--examples 400] [--out bench/runs/gpu]
@@ -24,6 +24,8 @@ VARIANTS = {
     "qlora": ["adapter.type=qlora"],
     "qlora + liger": ["adapter.type=qlora", "training.kernels=liger"],
     "dora": ["adapter.type=lora", "adapter.dora=true"],
+    "lora + unsloth": ["adapter.type=lora", "training.kernels=unsloth"],
+    "qlora + unsloth": ["adapter.type=qlora", "training.kernels=unsloth"],
 }
 
 

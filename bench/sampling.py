@@ -1,6 +1,6 @@
 """Greedy vs top-p vs min-p at a few temperatures, on a trained sft run's own test split.
 
-    python bench/sampling.py runs/jsquad-sft [--split test] [--seeds 1 2 3]
+    python bench/sampling.py runs/jsquad-sft [--split test] [--seeds 1 2 3] [--limit 100]
 
 The model is loaded once; every setting generates for the same prompts (its config's split,
 prepared exactly as training did) and is scored by exact match, char F1 and chrF — mean ± std
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--split", default="test")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N examples of the split.")
     args = parser.parse_args()
 
     import kitae
@@ -38,7 +39,7 @@ def main() -> None:
 
     generator = kitae.load(args.run_dir)
     _, examples = prepare_data(generator.config)
-    split = {args.split: examples[args.split]}
+    split = {args.split: examples[args.split][:args.limit]}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, settings in SETTINGS:

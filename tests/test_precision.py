@@ -62,6 +62,21 @@ def test_liger_kernels_only_on_a_cuda_gpu_with_liger_installed():
         with pytest.raises(ConfigError, match=f"training.kernels: liger needs a CUDA GPU.*{reason}"):
             plan_precision(caps, "auto", "auto", "lora", kernels="liger")
     assert plan_precision(CPU, "auto", "auto", "lora").kernels == "none"
+    with_unsloth = DeviceCaps("cuda", bf16=True, fp16=True, unsloth_installed=True)
+    assert plan_precision(with_unsloth, "auto", "auto", "lora", kernels="unsloth").kernels == "unsloth"
+    with pytest.raises(ConfigError, match="training.kernels: unsloth needs a CUDA GPU.*without unsloth"):
+        plan_precision(AMPERE, "auto", "auto", "lora", kernels="unsloth")
+
+
+def test_unsloth_is_for_causal_lm_lora():
+    from kitae.config import config_from_dict
+
+    base = {"data": {"train": "t.jsonl"}, "model": {"name": "m"}, "output": "o", "training": {"kernels": "unsloth"}}
+    with pytest.raises(ConfigError, match="unsloth is for task sft and causal_lm"):
+        config_from_dict(base, check_files=False)
+    with pytest.raises(ConfigError, match="unsloth trains LoRA"):
+        config_from_dict({**base, "task": "sft", "adapter": {"type": "full"}}, check_files=False)
+    assert config_from_dict({**base, "task": "sft"}, check_files=False).training.kernels == "unsloth"
 
 
 def test_kernels_are_checked_before_the_run_directory(tmp_path, tiny_models, separable_data):

@@ -266,10 +266,11 @@ class TrainingConfig(Section):
         "examples and the loss mask kept exact (fewer pad tokens; causal_lm always packs).",
     )
     train_on_prompt: bool = Field(False, description="sft: also compute the loss on prompt tokens.")
-    kernels: Literal["none", "liger"] = Field(
+    kernels: Literal["none", "liger", "unsloth"] = Field(
         "none",
         description="Fused GPU kernels: liger (Liger-Kernel's Triton RMSNorm, RoPE, SwiGLU; CUDA + "
-        "pip install liger-kernel). Refused where unavailable.",
+        "pip install liger-kernel); unsloth (sft / causal_lm with lora or qlora: Unsloth loads the "
+        "model and applies LoRA; CUDA + pip install unsloth). Refused where unavailable.",
     )
     log_every_steps: int = Field(
         10, gt=0, description="Log loss, learning rate, throughput and memory (RSS; CUDA allocated, "

@@ -169,7 +169,7 @@ class Generator:
                         prompt_texts.append(text)
                         targets.append(None)
                         continue
-                    token_ids, text = self.task.prompt_ids(self._conversation(row.values, row))
+                    token_ids, text = self.task.prompt_ids(self._conversation(row.values, row), row)
                     prompts.append(token_ids)
                     prompt_texts.append(text)
                     try:
@@ -233,9 +233,10 @@ class Generator:
         settings = self.settings_with(**overrides)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
+        # Streamed: per chunk, the generations and targets (a few strings per row) and the loss sums.
         generations: list[str] = []
         targets: list[Any] = []
-        rows: list[Row] = []
+        loss_total, loss_tokens = 0.0, 0
         try:
             if self.config.task == "sft":
                 with atomic_text_file(out / "predictions.jsonl") as handle:
@@ -244,14 +245,17 @@ class Generator:
                                           for r in prediction_records(ids, prompts, chunk, chunk_targets))
                         generations += chunk
                         targets += chunk_targets
-                        rows += chunk_rows
+                        total, count = self._loss_sum(chunk_rows)
+                        loss_total, loss_tokens = loss_total + total, loss_tokens + count
             else:
-                rows = list(iter_rows(path, encoding=self.config.data.encoding))
+                for chunk_rows in iter_chunks(iter_rows(path, encoding=self.config.data.encoding), GENERATE_CHUNK_ROWS):
+                    total, count = self._loss_sum(chunk_rows)
+                    loss_total, loss_tokens = loss_total + total, loss_tokens + count
         except BaseException:
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        metrics: dict[str, Any] = {"loss": self._loss(rows)}
+        metrics: dict[str, Any] = {"loss": loss_total / loss_tokens if loss_tokens else float("nan")}
         metrics["perplexity"] = float(np.exp(metrics["loss"])) if metrics["loss"] < 700 else float("inf")
         if generations:
             metrics.update(score_generations(generations, targets))
@@ -287,15 +291,15 @@ class Generator:
                                           **results})
         return results
 
-    def _loss(self, rows: list[Row]) -> float:
-        """The mean token loss of the rows' responses (sft) or texts (causal_lm)."""
+    def _loss_sum(self, rows: list[Row]) -> tuple[float, int]:
+        """(summed token loss, tokens) of the rows' responses (sft) or texts (causal_lm)."""
         from kitae.data.examples import build_examples
 
         examples = build_examples(rows, self.config.data, self.task.encode_target, "eval", self.task.render,
                                   unique_ids=False)
         split: LMSplit = self.task.encode("eval", examples, _BackboneView(self.tokenizer))
         batch_size = self.config.training.eval_batch_size or 2 * self.config.training.batch_size
-        return self.task.mean_loss(self.model, split, self.plan, batch_size)
+        return self.task.loss_sum(self.model, split, self.plan, batch_size)
 
 
 class _BackboneView:

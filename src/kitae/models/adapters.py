@@ -7,6 +7,8 @@ classic PEFT pitfall is a head that is trained but lost on reload.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -76,6 +78,29 @@ def apply_lm_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, tokenize
                              lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
                              use_dora=adapter.dora)
     return get_peft_model(hf_model, lora_config)
+
+
+# The projections Unsloth's fast LoRA path patches (it takes explicit names, not "all-linear").
+UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load_with_unsloth(source: Any, model_config: Any, adapter: AdapterConfig, plan: Any,
+                      gradient_checkpointing: bool, seed: int) -> tuple[nn.Module, PreTrainedModel]:
+    """(PeftModel, the transformers model inside it) loaded and LoRA-wrapped by Unsloth — its
+    patched attention, RoPE, MLP and LoRA kernels. GPU only; not run on kitae's CPU test machines."""
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=source.path, max_seq_length=model_config.max_length, dtype=plan.weights_dtype,
+        load_in_4bit=plan.load_in_4bit, trust_remote_code=model_config.trust_remote_code,
+    )
+    targets = UNSLOTH_TARGETS if adapter.target_modules == "all-linear" else list(adapter.target_modules)
+    peft_model = FastLanguageModel.get_peft_model(
+        model, r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout, target_modules=targets,
+        use_dora=adapter.dora, use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+        random_state=seed,
+    )
+    return peft_model, peft_model.get_base_model()
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -23,6 +23,7 @@ class DeviceCaps:
     flash_attn_installed: bool = False
     bitsandbytes_installed: bool = False
     liger_installed: bool = False
+    unsloth_installed: bool = False
 
     @property
     def kind(self) -> str:
@@ -38,7 +39,8 @@ class PrecisionPlan:
     autocast_dtype: torch.dtype | None
     attn_implementation: str
     load_in_4bit: bool = False
-    kernels: str = "none"  # "liger": Triton kernels patched into the model (RMSNorm, RoPE, SwiGLU)
+    kernels: str = "none"  # "liger": Triton kernels patched into the model (RMSNorm, RoPE, SwiGLU);
+    # "unsloth": the model loaded and its LoRA applied by Unsloth (causal LMs)
 
     def describe(self) -> str:
         amp = f", autocast {str(self.autocast_dtype).removeprefix('torch.')}" if self.autocast_dtype else ""
@@ -68,6 +70,7 @@ def probe_caps(requested_device: str = "auto") -> DeviceCaps:
             flash_attn_installed=importlib.util.find_spec("flash_attn") is not None,
             bitsandbytes_installed=importlib.util.find_spec("bitsandbytes") is not None,
             liger_installed=importlib.util.find_spec("liger_kernel") is not None,
+            unsloth_installed=importlib.util.find_spec("unsloth") is not None,
         )
     if kind == "mps":
         return DeviceCaps(requested_device, fp16=True)
@@ -89,7 +92,8 @@ def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
     - Older GPU: float32 weights with fp16 autocast (and a grad scaler in the loop).
     - flash_attention_2 only when installed and computing in 16 bits; else PyTorch SDPA.
     - kernels "liger" (Liger's Triton RMSNorm / RoPE / SwiGLU) only on a CUDA GPU with
-      liger-kernel installed; refused elsewhere.
+      liger-kernel installed, "unsloth" only on a CUDA GPU with unsloth installed; refused
+      elsewhere.
 
     >>> plan_precision(DeviceCaps("cpu")).weights_dtype
     torch.float32
@@ -129,11 +133,13 @@ def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
                                        and compute in (torch.bfloat16, torch.float16)) else "sdpa"
     elif attn == "flash_attention_2" and not caps.flash_attn_installed:
         raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn package and a GPU")
-    if kernels == "liger" and (caps.kind != "cuda" or not caps.liger_installed):
-        raise ConfigError("training.kernels: liger needs a CUDA GPU (its kernels are Triton) and "
-                          "pip install liger-kernel; this machine has "
-                          f"{caps.device}{' without liger-kernel' if caps.kind == 'cuda' else ''}. "
-                          "Use training.kernels: none here.")
+    for name, package, installed in (("liger", "liger-kernel", caps.liger_installed),
+                                     ("unsloth", "unsloth", caps.unsloth_installed)):
+        if kernels == name and (caps.kind != "cuda" or not installed):
+            raise ConfigError(f"training.kernels: {name} needs a CUDA GPU (its kernels are Triton) and "
+                              f"pip install {package}; this machine has "
+                              f"{caps.device}{f' without {package}' if caps.kind == 'cuda' else ''}. "
+                              "Use training.kernels: none here.")
     return PrecisionPlan(caps.device, weights, autocast, attn, load_in_4bit, kernels)
 
 

@@ -47,6 +47,8 @@ class ClassificationTask(Task):
                              "lora, qlora or full")
         if config.training.packing:
             raise ValueError("training.packing is for task sft (causal_lm always packs)")
+        if config.training.kernels == "unsloth":
+            raise ValueError("training.kernels: unsloth is for task sft and causal_lm; classifiers can use liger")
         if data.from_preference:
             raise ValueError("data.from_preference makes single_label examples (for a scalar reward with the "
                              "pairwise loss use task: reward)")

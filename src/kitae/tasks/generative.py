@@ -52,6 +52,9 @@ class GenerativeTask(Task):
             raise ValueError(f"balance options are for classification tasks, not {config.task}")
         if config.model.pooling != "auto":
             raise ValueError(f"model.pooling is for classifiers; {config.task} trains the LM head itself")
+        if config.training.kernels == "unsloth" and config.adapter.type not in ("lora", "qlora"):
+            raise ValueError(f"training.kernels: unsloth trains LoRA (adapter.type lora or qlora), not "
+                             f"{config.adapter.type}")
         if config.adapter.type == "prompt_tuning" and config.training.packing:
             raise ValueError("training.packing cannot be used with adapter.type: prompt_tuning (the soft prompt "
                              "goes in front of a row, so packed examples after the first would not see it)")
@@ -74,6 +77,13 @@ class GenerativeTask(Task):
         from kitae.models.precision import apply_kernels
 
         config = self.config
+        if plan.kernels == "unsloth":
+            from kitae.models.adapters import load_with_unsloth
+
+            model, hf_model = load_with_unsloth(backbone.source, config.model, config.adapter, plan,
+                                                config.training.gradient_checkpointing, config.training.seed)
+            self._add_model_eos(hf_model)
+            return CausalLM(model, hf_model)
         hf_model = load_for_causal_lm(backbone.source, config.model, plan)
         apply_kernels(hf_model, plan)
         self._add_model_eos(hf_model)
@@ -110,9 +120,14 @@ class GenerativeTask(Task):
         """Whether an evaluation generates text (sft at the end, and every epoch when asked)."""
         return False
 
-    @torch.inference_mode()
     def mean_loss(self, model: CausalLM, split: LMSplit, plan: PrecisionPlan, batch_size: int) -> float:
         """The mean token loss over a split (every labelled token counts once)."""
+        total, count = self.loss_sum(model, split, plan, batch_size)
+        return total / count if count else float("nan")
+
+    @torch.inference_mode()
+    def loss_sum(self, model: CausalLM, split: LMSplit, plan: PrecisionPlan, batch_size: int) -> tuple[float, int]:
+        """(summed token loss, labelled tokens) of a split: what a streamed evaluation adds up."""
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
@@ -123,7 +138,7 @@ class GenerativeTask(Task):
             total += float(loss_sum)
             count += int(tokens)
         model.train(was_training)
-        return total / count if count else float("nan")
+        return total, count
 
     def evaluate(self, model: nn.Module, split: LMSplit, plan: PrecisionPlan, batch_size: int,
                  final: bool = True) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class SFTTask(GenerativeTask):
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
         self.prompt_format: str | None = None
+        self._end_of_turn_known = False  # the chat template's end-of-turn token is among eos_token_ids
 
     @classmethod
     def configure(cls, config: RunConfig) -> None:
@@ -126,7 +127,7 @@ class SFTTask(GenerativeTask):
         """A chat template ends an assistant turn with its own marker (Gemma's <end_of_turn>,
         ChatML's <|im_end|>): generation stops there too."""
         trained = [text for text, is_trained in parts if is_trained]
-        if not trained or getattr(self, "_end_of_turn_done", False):
+        if not trained or self._end_of_turn_known:
             return
         tokenizer = self.tokenizer
         special = set(tokenizer.all_special_ids) | {
@@ -134,11 +135,12 @@ class SFTTask(GenerativeTask):
         for token in tokenizer(trained[0], add_special_tokens=False)["input_ids"]:
             if token in special and token not in self.eos_token_ids:
                 self.eos_token_ids.append(token)
-        self._end_of_turn_done = True
+        self._end_of_turn_known = True
 
-    def prompt_ids(self, conversation: Conversation) -> tuple[list[int], str]:
-        """The token ids (and text) of a prompt to answer: everything before the last response."""
-        tokenized, prompt = self.encode_conversation(conversation.without_response())
+    def prompt_ids(self, conversation: Conversation, row: Row | None = None) -> tuple[list[int], str]:
+        """The token ids (and text) of a prompt to answer: everything before the last response
+        (errors name `row` when given)."""
+        tokenized, prompt = self.encode_conversation(conversation.without_response(), row)
         return tokenized.input_ids[:tokenized.prompt_length], prompt
 
     # --- evaluation -----------------------------------------------------------------------

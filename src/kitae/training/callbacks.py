@@ -89,6 +89,7 @@ class MemoryMonitor(Callback):
         self.peaks: dict[str, float] = {}
         self.largest_batch: dict[str, int] = {"examples": 0, "tokens": 0}
         self.window_tokens = 0
+        self.window_losses: list[float] = []
         self.window_started = time.perf_counter()
 
     def on_train_begin(self, info: dict[str, Any]) -> None:
@@ -104,6 +105,7 @@ class MemoryMonitor(Callback):
 
     def on_step_end(self, step: dict[str, Any]) -> None:
         self.window_tokens += step["tokens"]
+        self.window_losses.append(step["loss"])
         if step["tokens"] > self.largest_batch["tokens"]:
             self.largest_batch = {"examples": step["examples"], "tokens": step["tokens"]}
         if step["global_step"] % self.every or not step.get("boundary", True):
@@ -112,10 +114,12 @@ class MemoryMonitor(Callback):
         for key, value in snapshot.items():
             self.peaks[key] = max(self.peaks.get(key, 0.0), value)
         elapsed = max(time.perf_counter() - self.window_started, 1e-9)
-        row = {"step": step["global_step"], "epoch": step["epoch"] + 1, "loss": round(step["loss"], 5),
+        # The mean loss of the batches since the last logging step.
+        loss = sum(self.window_losses) / len(self.window_losses)
+        row = {"step": step["global_step"], "epoch": step["epoch"] + 1, "loss": round(loss, 5),
                "lr": step["lr"], "tokens_per_s": round(self.window_tokens / elapsed, 1), **snapshot}
-        self.window_tokens, self.window_started = 0, time.perf_counter()
-        logger.info("step %d: loss %.4f, lr %.2e, %s tok/s, %s", row["step"], step["loss"], step["lr"],
+        self.window_tokens, self.window_losses, self.window_started = 0, [], time.perf_counter()
+        logger.info("step %d: loss %.4f, lr %.2e, %s tok/s, %s", row["step"], loss, step["lr"],
                     row["tokens_per_s"], ", ".join(f"{k} {v}" for k, v in snapshot.items()))
         new = not self.path.is_file()
         with self.path.open("a", encoding="utf-8") as handle:  # a log, appended like train.log
