@@ -73,33 +73,18 @@ def follow_umask(folder: Path) -> None:
             os.chmod(path, mode)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: str, newline: str | None = None) -> Iterator[Any]:
+    """A file handle on a temporary file beside `path`, flushed and renamed over `path` only when
+    the block ends without an error; on an error it is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         # mkstemp makes the file private (0600); give it the mode any new file gets here.
         os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_text_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
-    """Write a text file incrementally (e.g. predictions, chunk by chunk) into a temporary file
-    beside `path`, renamed over it only when the block ends without an error; on an error the
-    temporary file is removed and `path` is untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as handle:
+        text = {"encoding": "utf-8", "newline": newline} if "b" not in mode else {}
+        with os.fdopen(fd, mode, **text) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -107,6 +92,18 @@ def atomic_text_file(path: Path, newline: str | None = None) -> Iterator[TextIO]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with _atomic_file(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_text_file(path: Path, newline: str | None = None) -> contextlib.AbstractContextManager[TextIO]:
+    """Write a text file incrementally (e.g. predictions, chunk by chunk) into a temporary file
+    beside `path`, renamed over it only when the block ends without an error; on an error the
+    temporary file is removed and `path` is untouched."""
+    return _atomic_file(path, "w", newline)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

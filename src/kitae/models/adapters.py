@@ -15,23 +15,31 @@ from transformers import PreTrainedModel
 from kitae.config import AdapterConfig
 
 
-def apply_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, head_name: str,
-                  new_modules: list[str], gradient_checkpointing: bool = False) -> nn.Module:
-    """Return the module to train: a PeftModel for lora/qlora, the model itself for full."""
+def _prepare(hf_model: PreTrainedModel, adapter: AdapterConfig, gradient_checkpointing: bool) -> PreTrainedModel:
+    """What every adapter type starts with: gradient checkpointing, every weight trainable for
+    full fine-tuning, the 4-bit base made trainable for QLoRA."""
     if gradient_checkpointing:
         hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hf_model.config.use_cache = False
     if adapter.type == "full":
         for parameter in hf_model.parameters():
             parameter.requires_grad_(True)
-        return hf_model
-
-    from peft import LoraConfig, TaskType, get_peft_model
-
     if adapter.type == "qlora":
         from peft import prepare_model_for_kbit_training
 
         hf_model = prepare_model_for_kbit_training(hf_model, use_gradient_checkpointing=gradient_checkpointing)
+    return hf_model
+
+
+def apply_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, head_name: str,
+                  new_modules: list[str], gradient_checkpointing: bool = False) -> nn.Module:
+    """Return the module to train: a PeftModel for lora/qlora, the model itself for full."""
+    hf_model = _prepare(hf_model, adapter, gradient_checkpointing)
+    if adapter.type == "full":
+        return hf_model
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
     fresh = sorted(set(new_modules) - {head_name})
     lora_config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -52,12 +60,8 @@ def apply_lm_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, tokenize
     """The module to train for a causal LM: a PeftModel (LoRA / DoRA / QLoRA adapters on every
     linear layer, or a prompt-tuning soft prompt), or the model itself for full fine-tuning. The
     pretrained LM head stays as it is (PEFT's all-linear leaves it out)."""
-    if gradient_checkpointing:
-        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        hf_model.config.use_cache = False
+    hf_model = _prepare(hf_model, adapter, gradient_checkpointing)
     if adapter.type == "full":
-        for parameter in hf_model.parameters():
-            parameter.requires_grad_(True)
         return hf_model
 
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
@@ -70,10 +74,6 @@ def apply_lm_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, tokenize
             prompt_tuning_init_text=init_text, tokenizer_name_or_path=tokenizer_path if init_text else None,
         )
         return get_peft_model(hf_model, config)
-    if adapter.type == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        hf_model = prepare_model_for_kbit_training(hf_model, use_gradient_checkpointing=gradient_checkpointing)
     lora_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=adapter.r, lora_alpha=adapter.alpha,
                              lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
                              use_dora=adapter.dora)

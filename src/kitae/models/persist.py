@@ -37,13 +37,10 @@ def save_classifier(classifier: SequenceClassifier, tokenizer: Any, folder: Path
     follow_umask(folder)
 
 
-def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool = False,
-                    ) -> tuple[SequenceClassifier, Any, dict[str, Any], PrecisionPlan]:
-    """(classifier in eval mode, tokenizer, meta, precision plan) from a saved model folder.
-
-    `trust_remote_code` is the caller's decision alone: what the folder records is ignored, so a
-    downloaded run cannot switch on the execution of code from the hub."""
-    folder = Path(folder)
+def _saved(folder: Path, device: str, trust_remote_code: bool,
+           ) -> tuple[dict[str, Any], ModelConfig, AdapterConfig, PrecisionPlan, Any]:
+    """A saved model folder's kitae_model.json, model and adapter settings, the precision plan on
+    this machine, and its tokenizer. `trust_remote_code` replaces whatever the folder records."""
     meta = read_json(folder / META_FILE)
     model_config = ModelConfig.model_validate({**meta["model"], "trust_remote_code": trust_remote_code})
     adapter = AdapterConfig.model_validate(meta["adapter"])
@@ -51,8 +48,17 @@ def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool 
     # A QLoRA adapter also runs on a plain (non-4-bit) base, e.g. on a CPU.
     adapter_type = adapter.type if adapter.type != "qlora" or caps.bitsandbytes_installed else "lora"
     plan = plan_precision(caps, model_config.dtype, model_config.attn_implementation, adapter_type)
-    local = ModelSource(str(folder))
-    tokenizer = load_tokenizer(local, model_config)
+    return meta, model_config, adapter, plan, load_tokenizer(ModelSource(str(folder)), model_config)
+
+
+def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool = False,
+                    ) -> tuple[SequenceClassifier, Any, dict[str, Any], PrecisionPlan]:
+    """(classifier in eval mode, tokenizer, meta, precision plan) from a saved model folder.
+
+    `trust_remote_code` is the caller's decision alone: what the folder records is ignored, so a
+    downloaded run cannot switch on the execution of code from the hub."""
+    folder = Path(folder)
+    meta, model_config, adapter, plan, tokenizer = _saved(folder, device, trust_remote_code)
     id2label = {i: label for i, label in enumerate(meta["labels"])}
     if adapter.type == "full":
         hf_model = AutoModelForSequenceClassification.from_pretrained(
@@ -97,13 +103,7 @@ def load_causal_lm(folder: Path, device: str = "auto", trust_remote_code: bool =
     from kitae.models.loading import load_for_causal_lm
 
     folder = Path(folder)
-    meta = read_json(folder / META_FILE)
-    model_config = ModelConfig.model_validate({**meta["model"], "trust_remote_code": trust_remote_code})
-    adapter = AdapterConfig.model_validate(meta["adapter"])
-    caps = probe_caps(device)
-    adapter_type = adapter.type if adapter.type != "qlora" or caps.bitsandbytes_installed else "lora"
-    plan = plan_precision(caps, model_config.dtype, model_config.attn_implementation, adapter_type)
-    tokenizer = load_tokenizer(ModelSource(str(folder)), model_config)
+    meta, model_config, adapter, plan, tokenizer = _saved(folder, device, trust_remote_code)
     if adapter.type == "full":
         hf_model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=plan.weights_dtype, attn_implementation=plan.attn_implementation,
