@@ -35,12 +35,14 @@ from kitae.models.sources import resolve_source
 from kitae.predictor import Classifier, Prediction, load
 from kitae.runs import (
     CHECKPOINT_DIR,
+    COMPLETE,
     MODEL_DIR,
     RUN_FORMAT,
     Replacement,
     RunLock,
     check_writable_folder,
     is_kitae_run,
+    read_json,
     run_status,
     update_run_info,
     write_json,
@@ -57,7 +59,7 @@ from kitae.training.callbacks import (
 from kitae.training.checkpoint import CheckpointStore, load_best_outputs, load_weights
 from kitae.training.loop import fit
 
-__all__ = ["Classifier", "Prediction", "TrainResult", "load", "prepare_data", "train"]
+__all__ = ["Classifier", "Prediction", "TrainResult", "evaluate_test", "load", "prepare_data", "train"]
 
 logger = logging.getLogger("kitae")
 
@@ -69,6 +71,7 @@ class TrainResult:
     metrics: dict[str, dict[str, Any]]  # split -> metrics of the selected model
     best_epoch: int | None
     logits: dict[str, Any] = field(repr=False, default_factory=dict)  # split -> outputs (logits, generations)
+    stop_reason: str | None = None  # "early_stopping", "pruned" (a sweep), or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,12 +80,13 @@ class TrainResult:
 
 def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[str] = (),
           overwrite: bool = False, resume: bool = False, callbacks: list[Callback] | None = None,
-          progress: bool | None = None) -> TrainResult:
+          progress: bool | None = None, evaluate_test: bool = True) -> TrainResult:
     """Train, select on dev, evaluate on test, and write the run directory.
 
     `overwrite` replaces a kitae run already in `config.output` — only a kitae run, never a folder
     holding the config or the data; the old run is kept aside until the new one has trained its
-    first step, and put back if the new one fails before."""
+    first step, and put back if the new one fails before. `evaluate_test=False` leaves the test
+    split unseen (a sweep's trials: selection never sees test; `evaluate_test_split` later)."""
     config_file = None if isinstance(config, RunConfig) else Path(config)
     if config_file is not None:
         config = load_config(config_file, overrides)
@@ -97,6 +101,9 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
     backbone = load_backbone(source, config.model)
     check_token_budget(backbone.tokenizer, config.model.max_length, pair=bool(config.data.text_fields))
     splits = {name: task.encode(name, split, backbone) for name, split in examples.items()}
+    from kitae.tracking import check_trackers, make_trackers
+
+    check_trackers(config.tracking.report_to)
 
     run_dir, lock, replaced = _open_run_dir(config, _inputs(config, config_file), overwrite=overwrite,
                                             resume=resume)
@@ -107,13 +114,17 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
         logger.info("the run it replaces is kept at %s until this one has trained its first step",
                     replaced.aside)
         watchers.insert(0, _DiscardReplacedRun(run_dir, replaced))
+    watchers += make_trackers(config, run_dir)
     try:
-        result = _train(config, task, examples, splits, plan, backbone, run_dir, resume, watchers, progress)
+        result = _train(config, task, examples, splits, plan, backbone, run_dir, resume, watchers, progress,
+                        evaluate_test)
     except BaseException as exc:
         from kitae.training.loop import TrainingInterrupted
 
         interrupted = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
         update_run_info(run_dir, status="interrupted" if interrupted else "failed")
+        for watcher in watchers:
+            watcher.on_run_stopped("interrupted" if interrupted else "failed")
         if replaced is not None and not replaced.done:
             # Nothing was trained yet: the user gets the previous run back, untouched.
             detach_log()
@@ -124,7 +135,11 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
     finally:
         detach_log()
         lock.release()
-    update_run_info(run_dir, status="finished", wall_seconds=round(time.time() - started, 1))
+    status = result.stop_reason if result.stop_reason not in (None, "early_stopping") else "finished"
+    update_run_info(run_dir, status=status, wall_seconds=round(time.time() - started, 1))
+    metrics = read_json(run_dir / "metrics.json")
+    for watcher in watchers:
+        watcher.on_run_end(run_dir, metrics)
     return result
 
 
@@ -153,7 +168,7 @@ def _inputs(config: RunConfig, config_file: Path | None) -> dict[str, Path]:
 
 def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], splits: dict[str, Any],
            plan: PrecisionPlan, backbone: Backbone, run_dir: Path, resume: bool, callbacks: list[Callback],
-           progress: bool | None) -> TrainResult:
+           progress: bool | None, evaluate_test: bool = True) -> TrainResult:
     training = config.training
     torch.manual_seed(training.seed)  # head and adapter initialisation
 
@@ -171,7 +186,8 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
 
     # 3. Train, selecting the best epoch on dev.
     checkpoint_dir = run_dir / CHECKPOINT_DIR
-    memory = MemoryMonitor(run_dir, training.log_every_steps)
+    memory = MemoryMonitor(run_dir, training.log_every_steps,
+                           listeners=[cb.log_step for cb in callbacks if hasattr(cb, "log_step")])
     watchers: list[Callback] = [ProgressBar(disable=None if progress is None else not progress),
                                 EpochLogger(training.select_metric, task.report_metrics[0]),
                                 HistoryWriter(run_dir, training.select_metric, task.report_metrics[0]), memory]
@@ -201,7 +217,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
     eval_batch = training.eval_batch_size or 2 * training.batch_size
     outputs: dict[str, Any] = {}
     for name in ("dev", "test"):
-        if name not in splits:
+        if name not in splits or (name == "test" and not evaluate_test):
             continue
         kept = load_best_outputs(best) if name == "dev" and best is not None else None
         outputs[name] = (kept if kept is not None and task.outputs_are_final(kept)
@@ -217,7 +233,9 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
         metrics[name] = task.metrics(splits[name].targets, split_outputs)
         task.write_outputs(run_dir, name, splits[name], split_outputs)
     summary = {"selected_epoch": loop.best_epoch if best is not None else len(loop.history), "select_metric": training.select_metric,
-               "epochs_run": len(loop.history), "stopped_early": loop.stopped_early,
+               "epochs_run": len(loop.history), "stopped_early": loop.stopped_early, "stop_reason": loop.stop_reason,
+               "test": "evaluated" if "test" in outputs else
+               ("not evaluated (selection must not see it)" if "test" in splits else "no test split"),
                "train_seconds": round(loop.train_seconds, 2),
                "train_examples": len(examples["train"]), "truncated": {n: s.truncated for n, s in splits.items()},
                **memory.summary(), "warnings": warnings}
@@ -235,7 +253,32 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
     write_card(run_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _log_metrics(task, metrics)
-    return TrainResult(run_dir, config.task, metrics, summary["selected_epoch"], outputs)
+    return TrainResult(run_dir, config.task, metrics, summary["selected_epoch"], outputs, loop.stop_reason)
+
+
+def evaluate_test(run_dir: str | Path, device: str = "auto", trust_remote_code: bool = False) -> dict[str, Any]:
+    """Evaluate the test split of a complete run trained with `evaluate_test=False` (a sweep's
+    selected configuration, once selection on dev is over): metrics.json gets `test`, the run
+    gets predictions_test.jsonl, its reports and a card with the test metrics. Returns them."""
+    run_dir = Path(run_dir)
+    metrics = read_json(run_dir / "metrics.json")
+    if "test" in metrics:
+        return metrics["test"]
+    loaded = load(run_dir, device=device, trust_remote_code=trust_remote_code)
+    config, task = loaded.config, loaded.task
+    _, examples = prepare_data(config)
+    if "test" not in examples:
+        raise KitaeError(f"{run_dir}: the run's config has no test split")
+    backbone = Backbone(None, config.model, loaded.tokenizer, loaded.model.hf_model.config)  # type: ignore[arg-type]
+    split = task.encode("test", examples["test"], backbone)
+    eval_batch = config.training.eval_batch_size or 2 * config.training.batch_size
+    outputs = task.evaluate(loaded.model, split, loaded.plan, eval_batch, final=True)
+    metrics["test"] = task.metrics(split.targets, outputs)
+    task.write_outputs(run_dir, "test", split, outputs)
+    metrics["summary"]["test"] = "evaluated after selection on dev"
+    write_json(run_dir / "metrics.json", metrics)
+    write_card(run_dir)
+    return metrics["test"]
 
 
 def write_card(run_dir: Path) -> None:
@@ -274,8 +317,8 @@ def _open_run_dir(config: RunConfig, inputs: dict[str, Path], *, overwrite: bool
         lock = RunLock(run_dir).acquire()
         status, saved = run_status(run_dir), run_dir / "config.yaml"
         problem: KitaeError | None = None
-        if status == "finished":
-            problem = RunDirError(f"{run_dir}: the run already finished; nothing to resume")
+        if status in COMPLETE:
+            problem = RunDirError(f"{run_dir}: the run already {status}; nothing to resume")
         elif not saved.is_file():
             problem = RunDirError(f"{run_dir}: nothing to resume (the run has no config.yaml)")
         elif saved.read_text(encoding="utf-8") != config_text:

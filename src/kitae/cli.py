@@ -24,6 +24,8 @@ config_app = typer.Typer(help="Check or describe configs.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(help="Look at data before training.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+runs_app = typer.Typer(help="List, show and compare run directories.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 console = Console()
 errors = Console(stderr=True)
 
@@ -74,13 +76,16 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace a kitae run already in the output directory (kept until the new run's first step).")] = False,
+    report_to: Annotated[list[str] | None, typer.Option("--report-to", help="mlflow, tensorboard or wandb "
+                                                        "(repeatable): as tracking.report_to.")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Train, select the best epoch on dev, evaluate on test, write the run directory."""
     from kitae.api import train as train_run
 
     _setup_logging(verbose)
-    result = train_run(config, overrides=set_ or [], resume=resume, overwrite=overwrite)
+    overrides = [*(set_ or []), *([f"tracking.report_to=[{', '.join(report_to)}]"] if report_to else [])]
+    result = train_run(config, overrides=overrides, resume=resume, overwrite=overwrite)
     _print_metrics(result.metrics, result.task)
     console.print(f"run directory: [bold]{result.run_dir}[/bold] (selected epoch {result.best_epoch})")
 
@@ -448,6 +453,147 @@ def _print_metrics(metrics: dict[str, dict[str, Any]], task: str) -> None:
             cells.append("" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))
         table.add_row(name, *cells)
     console.print(table)
+
+
+def _headline(task: str) -> list[str]:
+    from kitae.tasks import TASKS, get_task_class
+
+    return list(get_task_class(task).report_metrics[:2]) if task in TASKS else []
+
+
+@app.command()
+@_user_errors
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="A sweep YAML (base:, method:, space:, seeds:, output:).")],
+    worker: Annotated[bool, typer.Option(help="Join the sweep's Optuna study and run trials from it (start "
+                                               "several, on one machine or many).")] = False,
+    report: Annotated[bool, typer.Option(help="Run nothing: select and write the results from the trials "
+                                               "so far.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Hyperparameter sweep: every configuration x seed an ordinary run, selected on dev (mean over
+    seeds), the selected one evaluated on test. Run it again to resume."""
+    from kitae.sweep import describe, run_sweep
+
+    _setup_logging(verbose)
+    results, selected = run_sweep(sweep_file, worker=worker, report_only=report, progress=None)
+    if not results:
+        console.print("trials of this sweep are still running in other workers; the last one writes the results")
+        return
+    from kitae.sweep import load_sweep
+
+    output = load_sweep(sweep_file).output
+    console.print((output / "sweep_results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    if selected is not None:
+        console.print(f"selected: configuration {selected.number} ({describe(selected.point)}); results in "
+                      f"[bold]{output}[/bold]")
+
+
+@runs_app.command("list")
+@_user_errors
+def runs_list(
+    root: Annotated[Path, typer.Argument(help="Folder to search for run directories.")] = Path("runs"),
+    filter_: Annotated[list[str] | None, typer.Option("--filter", help="KEY=VALUE, KEY!=VALUE, KEY>=N (repeatable): "
+                                                       "task=sft, status=finished, dev.macro_f1>=0.8.")] = None,
+    sort: Annotated[str | None, typer.Option(help="Column to sort on: a metric (dev.macro_f1), a setting "
+                                                 "(training.lr), train_seconds, name...")] = None,
+    desc: Annotated[bool, typer.Option(help="Sort descending.")] = False,
+    columns: Annotated[list[str] | None, typer.Option("--column", help="Extra column (repeatable).")] = None,
+) -> None:
+    """A table of the runs under a folder: task, model, adapter, key settings, dev/test metrics,
+    runtime, status."""
+    from kitae.catalog import KEY_SETTINGS, list_runs
+
+    runs = list_runs(root, filter_ or [], sort, desc)
+    if not runs:
+        console.print(f"no runs under {root}")
+        return
+    from kitae.catalog import config_differences
+
+    metric_names = list(dict.fromkeys(m for run in runs for m in _headline(run.task)[:1]))
+    # The key settings that differ between the listed runs (those that do not are noise here).
+    differing = config_differences(runs)
+    settings = [k for k in KEY_SETTINGS if k in differing] + list(columns or [])
+    table = Table(title=f"runs under {root} ({len(runs)})")
+    for name in ("run", "status", "task", "model", "adapter", *settings,
+                 *(f"{s}.{m}" for s in ("dev", "test") for m in metric_names), "train s"):
+        table.add_column(name.removeprefix("training.").removeprefix("adapter."), no_wrap=name == "run",
+                         justify="right" if "." in name or name == "train s" else "left")
+    for run in runs:
+        cells = [str(run.path.relative_to(root)) if run.path != root else run.name, run.status, run.task,
+                 _short(run.model), run.adapter]
+        cells += [_cell(run.value(k)) for k in settings]
+        cells += [_cell(run.value(f"{s}.{m}")) for s in ("dev", "test") for m in metric_names]
+        cells.append(_cell(run.value("train_seconds")))
+        table.add_row(*cells)
+    console.print(table)
+
+
+@runs_app.command("show")
+@_user_errors
+def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Everything a run is and scored: status, timings, settings, metrics of every split."""
+    from kitae.catalog import summarize
+
+    summary = summarize(run)
+    console.print(f"[bold]{summary.path}[/bold]: {summary.status}, task {summary.task}, {summary.model}, "
+                  f"adapter {summary.adapter}", highlight=False)
+    for key in ("started", "wall_seconds"):
+        if key in summary.info:
+            console.print(f"{key}: {summary.info[key]}")
+    for key in ("selected_epoch", "epochs_run", "stop_reason", "train_seconds", "peak_rss_gib", "test"):
+        if summary.summary.get(key) is not None:
+            console.print(f"{key}: {summary.summary[key]}")
+    if summary.metrics:
+        _print_metrics(summary.metrics, summary.task)
+    settings = Table(title="settings")
+    settings.add_column("key")
+    settings.add_column("value")
+    for key, value in summary.config.items():
+        settings.add_row(key, _cell(value))
+    console.print(settings)
+
+
+@runs_app.command("compare")
+@_user_errors
+def runs_compare(runs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")]) -> None:
+    """The settings that differ between runs, and their metrics side by side."""
+    from kitae.catalog import config_differences, summarize
+
+    summaries = [summarize(path) for path in runs]
+    names = [s.name if [t.name for t in summaries].count(s.name) == 1 else str(s.path) for s in summaries]
+    differences = Table(title="settings that differ")
+    differences.add_column("key")
+    for name in names:
+        differences.add_column(name)
+    for key, values in config_differences(summaries).items():
+        differences.add_row(key, *map(_cell, values))
+    console.print(differences)
+    metrics = Table(title="metrics (selected model)")
+    metrics.add_column("metric")
+    for name in names:
+        metrics.add_column(name, justify="right")
+    keys = list(dict.fromkeys(f"{split}.{m}" for s in summaries for split, values in s.metrics.items()
+                              for m in values))
+    for key in keys:
+        metrics.add_row(key, *(_cell(s.value(key)) for s in summaries))
+    metrics.add_row("train_seconds", *(_cell(s.value("train_seconds")) for s in summaries))
+    metrics.add_row("status", *(s.status for s in summaries))
+    console.print(metrics)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _short(model: str) -> str:
+    from kitae.models.sources import public_model_name
+
+    return public_model_name(model)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,10 @@ class DataConfig(Section):
     max_eval_examples: int | None = Field(
         None, gt=0, description="Use only this many dev and test rows each (stratified subsets)."
     )
+    subset_seed: int = Field(
+        42, description="Seed of the max_train_examples / max_eval_examples subsets (training.seed "
+        "does not change which examples are used, so seeds of a sweep compare on the same data)."
+    )
 
     # --- sft: instruction data (columns or chat rows) ------------------------------------------
     instruction_field: str = Field("instruction", description="sft: the column of the instruction.")
@@ -368,6 +372,18 @@ class GenerationSettings(Section):
                                    "(default: training.eval_batch_size).")
 
 
+class TrackingConfig(Section):
+    report_to: list[Literal["mlflow", "tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers: mlflow (a local SQLite store ./mlflow.db, or tracking.mlflow_uri), "
+        "tensorboard (RUN_DIR/tensorboard), wandb. Params, per-step loss / lr / throughput / memory, per-epoch "
+        "dev metrics, final metrics, and (MLflow) plots and the model card.",
+    )
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (a server, or another store).")
+    experiment: str | None = Field(None, description="MLflow experiment / W&B project (default: kitae).")
+    run_name: str | None = Field(None, description="The tracked run's name (default: the run directory's name).")
+
+
 class RunConfig(Section):
     task: str = Field("single_label",
                       description="Problem type: single_label, multi_label, pair, regression, reward, sft "
@@ -379,6 +395,7 @@ class RunConfig(Section):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: Path = Field(description="Run directory to create (relative to the current directory).")
 
     @field_validator("task")

@@ -147,8 +147,13 @@ def run_info(run_dir: Path) -> dict[str, Any] | None:
     return info if info.get("format") == RUN_FORMAT or legacy else None
 
 
+# Statuses of a complete run directory: trained, selected, saved (a pruned sweep trial stopped
+# early at its pruner's request, and is as complete as an early-stopped run).
+COMPLETE = ("finished", "pruned")
+
+
 def run_status(run_dir: Path) -> str | None:
-    """'running', 'interrupted', 'failed', 'finished', or None when there is no kitae run here."""
+    """'running', 'interrupted', 'failed', 'finished', 'pruned', or None when there is no kitae run here."""
     info = run_info(run_dir)
     return None if info is None else info.get("status")
 
@@ -168,7 +173,7 @@ def require_finished_run(run_dir: Path) -> Path:
     status = run_status(run_dir)
     if status is None:
         raise RunDirError(f"{run_dir}: not a kitae run directory (no {RUN_FILE} of kitae's)")
-    if status != "finished" or not (run_dir / MODEL_DIR).is_dir():
+    if status not in COMPLETE or not (run_dir / MODEL_DIR).is_dir():
         raise RunDirError(f"{run_dir}: the run is {status}, not finished (resume it with "
                           f"`kitae train CONFIG --resume`)")
     return run_dir

@@ -159,7 +159,7 @@ def _rows_by_split_field(rows: list, field: str) -> tuple[list, list, list]:
 def _subsets(config: RunConfig, task: Task, train: list[Example], dev: list[Example] | None,
              test: list[Example] | None) -> tuple[list[Example], list[Example] | None, list[Example] | None]:
     data = config.data
-    seed = config.training.seed
+    seed = data.subset_seed  # not training.seed: seeds of a sweep vary training, not the examples
     subset = _pair_subset if data.from_preference else _subset
     if data.max_train_examples:
         train = subset(task, train, data.max_train_examples, seed)

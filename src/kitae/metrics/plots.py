@@ -51,7 +51,7 @@ def _font(size: float | None = None) -> FontProperties:
     return FontProperties(fname=path, size=size)
 
 
-def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
     """Render ``fig`` in memory, then write it atomically (a reader never sees a half-written
     image, and a crash leaves the previous plot intact)."""
     from kitae.runs import write_bytes_atomic
@@ -124,7 +124,7 @@ def plot_confusion_matrix(
             colour = "white" if rates[i, j] > 0.5 else "#222222"
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=cell_size)
 
-    _save_atomic(fig, path)
+    save_figure(fig, path)
 
 
 def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -211,7 +211,7 @@ def plot_history(
             fontproperties=_font(11),
         )
 
-    _save_atomic(fig, path)
+    save_figure(fig, path)
 
 
 def plot_multilabel_confusion_grid(
@@ -287,7 +287,7 @@ def plot_multilabel_confusion_grid(
         fig.suptitle(title, fontproperties=_font(12))
     fig.tight_layout()
 
-    _save_atomic(fig, path)
+    save_figure(fig, path)
 
 
 def plot_label_rates(rates: Mapping[str, Mapping[str, float]], path: str | os.PathLike[str],
@@ -317,7 +317,7 @@ def plot_label_rates(rates: Mapping[str, Mapping[str, float]], path: str | os.Pa
     if title:
         ax.set_title(title, fontproperties=_font(11))
     fig.tight_layout()
-    _save_atomic(fig, path)
+    save_figure(fig, path)
 
 
 def plot_length_histogram(lengths: Mapping[str, Sequence[int]], max_length: int | None,
@@ -337,7 +337,7 @@ def plot_length_histogram(lengths: Mapping[str, Sequence[int]], max_length: int 
     ax.set_ylabel("件数 / count", fontproperties=_font())
     ax.legend(prop=_font(8))
     fig.tight_layout()
-    _save_atomic(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cooccurrence(matrix: np.ndarray, label_names: Sequence[str], path: str | os.PathLike[str],
@@ -360,7 +360,7 @@ def plot_cooccurrence(matrix: np.ndarray, label_names: Sequence[str], path: str 
     if title:
         ax.set_title(title, fontproperties=_font(10))
     fig.tight_layout()
-    _save_atomic(fig, path)
+    save_figure(fig, path)
 
 
 def plot_regression_scatter(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str],
@@ -379,4 +379,4 @@ def plot_regression_scatter(y_true: np.ndarray, y_pred: np.ndarray, names: Seque
     if title:
         fig.suptitle(title, fontproperties=_font(11))
     fig.tight_layout()
-    _save_atomic(fig, path)
+    save_figure(fig, path)

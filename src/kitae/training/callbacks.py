@@ -1,5 +1,12 @@
-"""Callbacks: how the progress bar, the history file, memory logging and (later) trackers, sweeps
-and a web UI watch a run without touching the loop."""
+"""Callbacks: how the progress bar, the history file, memory logging, trackers (MLflow,
+TensorBoard), sweeps (pruning) and a web UI watch — and may stop — a run without touching the loop.
+
+Events, in order: on_train_begin, then per epoch on_epoch_begin / on_step_end / on_epoch_end, then
+on_train_end (training is over), and on_run_end once the run directory is complete (test
+evaluated, model and card saved). After every epoch end the loop asks `stop_requested()`: a
+callback returning a reason (a sweep's pruner returns "pruned") ends training like early stopping,
+and the run's status becomes that reason.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,15 @@ class Callback:
     def on_step_end(self, step: dict[str, Any]) -> None: ...
     def on_epoch_end(self, row: dict[str, Any]) -> None: ...
     def on_train_end(self, summary: dict[str, Any]) -> None: ...
+    def on_run_end(self, run_dir: Path, metrics: dict[str, Any]) -> None:
+        """The run directory is complete: `metrics` is its metrics.json."""
+
+    def stop_requested(self) -> str | None:
+        """A reason to stop training after this epoch (e.g. "pruned"), or None."""
+        return None
+
+    def on_run_stopped(self, status: str) -> None:
+        """The run ended without completing: "interrupted" or "failed"."""
 
 
 class ProgressBar(Callback):
@@ -83,9 +99,10 @@ class MemoryMonitor(Callback):
     steps.csv (one row per logging step); the run's peaks and the largest batch that fitted go to
     the metrics.json summary (`summary()`)."""
 
-    def __init__(self, run_dir: Path, every: int = 10) -> None:
+    def __init__(self, run_dir: Path, every: int = 10, listeners: list[Any] | None = None) -> None:
         self.path = Path(run_dir) / "steps.csv"
         self.every = every
+        self.listeners = list(listeners or [])  # called with every row (trackers log them too)
         self.peaks: dict[str, float] = {}
         self.largest_batch: dict[str, int] = {"examples": 0, "tokens": 0}
         self.window_tokens = 0
@@ -126,6 +143,8 @@ class MemoryMonitor(Callback):
             if new:
                 handle.write(",".join(row) + "\n")
             handle.write(",".join(str(v) for v in row.values()) + "\n")
+        for listener in self.listeners:
+            listener(row)
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         for key, value in memory_snapshot().items():

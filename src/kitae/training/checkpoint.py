@@ -54,6 +54,7 @@ class LoopState:
     best_checkpoint: str | None = None  # folder holding the best epoch's weights and dev logits
     epochs_without_improvement: int = 0
     stopped_early: bool = False
+    stop_reason: str | None = None  # "early_stopping", or what a callback asked (e.g. "pruned")
     epoch_loss_sum: float = 0.0  # train loss of the epoch in progress, so a resumed epoch's
     epoch_loss_batches: int = 0  # mean covers the batches before the interruption too
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -176,6 +176,13 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
                 clock = last_save = time.monotonic()
                 for cb in callbacks:
                     cb.on_epoch_end(row)
+                reason = next((r for cb in callbacks if (r := cb.stop_requested())), None)
+                if reason is not None and state.epoch < training.epochs and not state.stopped_early:
+                    # A callback ends training (a sweep's pruner): committed, so a resume stops too.
+                    logger.info("stopping after epoch %d: %s", state.epoch, reason)
+                    with interrupts.deferred():
+                        state = replace(state, stopped_early=True, stop_reason=reason)
+                        commit()
         except KeyboardInterrupt:
             with interrupts.deferred():
                 state.train_seconds += time.monotonic() - clock
@@ -233,6 +240,7 @@ def _next_epoch_state(state: LoopState, row: dict[str, Any], improved: bool, tra
         if patience is not None and new.epochs_without_improvement >= patience:
             logger.info("early stopping: no dev %s improvement for %d epochs", training.select_metric, patience)
             new.stopped_early = True
+            new.stop_reason = "early_stopping"
     return new
 
 
