@@ -264,3 +264,11 @@ def test_an_sft_sweep_evaluates_the_selected_configuration_on_test(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert "exact_match" in metrics["test"] and (run / "predictions_test.jsonl").is_file()
     assert "test" not in json.loads((tmp_path / "sweep" / "trials" / "002-seed1" / "metrics.json").read_text())
+
+
+def test_a_changed_sweep_is_refused_in_the_same_output(base, tmp_path):
+    path = write_sweep(tmp_path, base, space={"training.lr": [1e-2]}, seeds=[1])
+    run_sweep(path)
+    changed = write_sweep(tmp_path, base, space={"training.lr": [3e-3]}, seeds=[1])
+    with pytest.raises(ConfigError, match="changed since the trials"):
+        run_sweep(changed)

@@ -489,13 +489,33 @@ def run_sweep(path: str | Path, worker: bool = False, report_only: bool = False,
         points = (grid_points(sweep.config.space) if sweep.config.method == "grid"  # type: ignore[arg-type]
                   else random_points(sweep.config.space, sweep.config.trials or 1, sweep.config.sampler_seed))
         configurations = list(enumerate(points, start=1))
-        write_json(sweep.output / "configurations.json", [{"number": n, "point": p} for n, p in configurations])
+        manifest = {"seeds": sweep.config.seeds, "set": sweep.config.set,
+                    "configurations": [{"number": n, "point": p} for n, p in configurations]}
+        _check_manifest(sweep, manifest)
+        write_json(sweep.output / "configurations.json", manifest)
         if not report_only:
             validate(sweep, points)
             for number, point in configurations:
                 for seed in sweep.config.seeds:
                     run_trial(sweep, number, point, seed, progress=progress)
     return finish(sweep, configurations)
+
+
+def _check_manifest(sweep: Sweep, manifest: dict[str, Any]) -> None:
+    """A sweep run again must be the same sweep: its trial folders are numbered by configuration,
+    so a changed space would pass other settings' results off as these."""
+    import json
+
+    path = sweep.output / "configurations.json"
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return
+    if json.loads(json.dumps(manifest)) != previous:
+        raise ConfigError(f"{sweep.path}: the space, seeds or set changed since the trials in {sweep.output} ran; "
+                          "give the changed sweep a new output folder (its trials are numbered by configuration)")
 
 
 def finish(sweep: Sweep, configurations: list[tuple[int, dict[str, Any]]],
