@@ -112,25 +112,38 @@ def collate_masked(rows: Sequence[Segment], pad_token_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
-def chunk_stream(documents: Sequence[list[int]], row_length: int) -> list[list[Segment]]:
+def chunk_stream(documents: Sequence[list[int]], row_length: int, prefix: Sequence[int] = ()) -> list[list[Segment]]:
     """Continued pre-training: documents one after another cut into rows of exactly
-    `row_length` tokens (the last row may be shorter); a document cut by a row's end continues
-    in the next row, and each piece is its own segment (no attention across documents). Every
-    token is trained on except the first of each piece (nothing before it to predict it from).
+    `row_length` tokens (a row is closed early rather than end in a one-token piece, which would
+    train nothing; the last row may be shorter). A document cut by a row's end continues
+    in the next row; each piece is its own segment (no attention across documents), and a piece
+    that continues a document starts with `prefix` — the tokens the tokenizer puts in front of a
+    text (Gemma's <bos>: Gemma's predictions fall apart without it). Every token is trained on
+    except the first of each piece and the prefix (nothing before them to predict them from).
 
-    >>> [[ids for ids, _ in row] for row in chunk_stream([[1, 2, 3], [4, 5, 6, 7]], 4)]
-    [[[1, 2, 3], [4]], [[5, 6, 7]]]
+    >>> [[ids for ids, _ in row] for row in chunk_stream([[1, 2, 3], [4, 5, 6, 7], [8, 9]], 4)]
+    [[[1, 2, 3]], [[4, 5, 6, 7]], [[8, 9]]]
+    >>> [[ids for ids, _ in row] for row in chunk_stream([[9, 1, 2, 3, 4, 5]], 4, prefix=[9])]
+    [[[9, 1, 2, 3]], [[9, 4, 5]]]
     """
+    prefix = list(prefix)
+    if len(prefix) >= row_length - 1:
+        raise ValueError(f"a row of {row_length} tokens leaves no room beside the {len(prefix)} prefix tokens")
     rows: list[list[Segment]] = []
     current: list[Segment] = []
     room = row_length
     for document in documents:
         position = 0
         while position < len(document):
-            piece = document[position:position + room]
-            current.append((piece, [IGNORE_INDEX, *piece[1:]]))
+            lead = prefix if position > 0 else []
+            if room <= len(lead) + 1:  # no room for a useful piece: start the next row
+                rows.append(current)
+                current, room = [], row_length
+            piece = document[position:position + room - len(lead)]
+            ids = [*lead, *piece]
+            current.append((ids, [IGNORE_INDEX] * (len(lead) + 1) + piece[1:]))
             position += len(piece)
-            room -= len(piece)
+            room -= len(ids)
             if room == 0:
                 rows.append(current)
                 current, room = [], row_length

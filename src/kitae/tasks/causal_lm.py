@@ -3,7 +3,8 @@
 Every document (`data.text_field`, or `data.template` over columns) is tokenised with an
 end-of-sequence token and the documents are laid one after another into full rows of
 `model.max_length` tokens (no padding but in the last row); each document's piece is its own
-segment, so nothing attends across documents. The loss is on every token. Dev and test are
+segment, so nothing attends across documents, and a piece that continues a document starts with
+the tokenizer's leading token (<bos>) as every document does. The loss is on every token. Dev and test are
 scored by token loss and perplexity.
 """
 
@@ -43,7 +44,9 @@ class CausalLMTask(GenerativeTask):
             texts = [e.text for e in examples[start:start + 1024]]
             for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]:
                 documents.append(ids + ([eos] if eos is not None else []))
-        rows = chunk_stream(documents, self.config.model.max_length)
+        from kitae.data.instructions import leading_special_ids
+
+        rows = chunk_stream(documents, self.config.model.max_length, leading_special_ids(tokenizer))
         pieces = [segment for row in rows for segment in row]
         row_indices, start = [], 0
         for row in rows:
