@@ -492,9 +492,11 @@ def run_sweep(path: str | Path, worker: bool = False, report_only: bool = False,
         manifest = {"seeds": sweep.config.seeds, "set": sweep.config.set,
                     "configurations": [{"number": n, "point": p} for n, p in configurations]}
         _check_manifest(sweep, manifest)
-        write_json(sweep.output / "configurations.json", manifest)
         if not report_only:
             validate(sweep, points)
+        # written only once every point is valid, so a sweep refused before its first trial can be fixed in place
+        write_json(sweep.output / "configurations.json", manifest)
+        if not report_only:
             for number, point in configurations:
                 for seed in sweep.config.seeds:
                     run_trial(sweep, number, point, seed, progress=progress)
@@ -507,8 +509,9 @@ def _check_manifest(sweep: Sweep, manifest: dict[str, Any]) -> None:
     import json
 
     path = sweep.output / "configurations.json"
-    if not path.is_file():
-        return
+    trials = sweep.output / "trials"
+    if not path.is_file() or not (trials.is_dir() and any(trials.iterdir())):
+        return  # no trial has run: nothing could be misattributed
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
