@@ -263,6 +263,35 @@ def export(
 
 @app.command()
 @_user_errors
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A finished classification run directory.")],
+    host: Annotated[str, typer.Option(help="Address to bind; other than localhost, set a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token every inference "
+                                                         "route then requires.")] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per forward pass (default: the "
+                                                               "run's batch size x max_length).")] = None,
+    max_queue: Annotated[int, typer.Option(help="Texts that may wait; more is answered 429.")] = 4096,
+    max_texts: Annotated[int, typer.Option(help="Texts per request.")] = 256,
+    max_text_chars: Annotated[int, typer.Option(help="Characters per text (longer: 413; texts over "
+                                                     "max_length tokens are truncated as in training).")] = 20_000,
+    max_payload_bytes: Annotated[int, typer.Option(help="Bytes per request body.")] = 1_000_000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Serve a classifier over HTTP: POST /predict, GET /info, /metrics (Prometheus), /health."""
+    from kitae.serving import ServeLimits
+    from kitae.serving import serve as run_server
+
+    _setup_logging(False)
+    limits = ServeLimits(max_payload_bytes=max_payload_bytes, max_texts_per_request=max_texts,
+                         max_text_chars=max_text_chars, max_queue_texts=max_queue, max_batch_tokens=max_batch_tokens)
+    run_server(run_dir, host=host, port=port, token_file=token_file, limits=limits, device=device,
+               trust_remote_code=trust_remote_code)
+
+
+@app.command()
+@_user_errors
 def push(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     repo_id: Annotated[str, typer.Option("--repo-id", help="user-or-org/name on the Hugging Face hub.")],

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kitae.config import read_saved_config
-from kitae.data.batching import EncodedSplit, encode_texts
+from kitae.data.batching import Encoded, EncodedSplit, encode_texts
 from kitae.data.examples import build_examples
 from kitae.data.readers import Row, count_rows, iter_chunks, iter_rows
 from kitae.errors import DataError, KitaeError, RunDirError
@@ -56,6 +56,34 @@ class Prediction:
     scores: dict[str, float] | None = None
 
 
+@dataclass
+class EncodedInputs:
+    """Texts encoded for the model: `group_size` token sequences per text (reward groups are
+    two), and per text whether any of its sequences was cut to max_length."""
+
+    encoded: Encoded
+    group_size: int
+    truncated: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.truncated)
+
+    def lengths(self) -> list[int]:
+        """Per text, its longest sequence (what it costs a padded batch)."""
+        ids = self.encoded.input_ids
+        return [max(len(ids[i * self.group_size + j]) for j in range(self.group_size)) for i in range(len(self))]
+
+    def select(self, indices: Sequence[int]) -> EncodedInputs:
+        """The inputs of the given texts, in that order."""
+        rows = [i * self.group_size + j for i in indices for j in range(self.group_size)]
+        types = self.encoded.token_type_ids
+        flags = self.encoded.truncated_rows
+        encoded = Encoded([self.encoded.input_ids[r] for r in rows], sum(self.truncated[i] for i in indices),
+                          None if types is None else [types[r] for r in rows],
+                          None if flags is None else [flags[r] for r in rows])
+        return EncodedInputs(encoded, self.group_size, [self.truncated[i] for i in indices])
+
+
 class Classifier:
     """A trained run, loaded for inference: `kitae.load(run_dir)`."""
 
@@ -80,24 +108,35 @@ class Classifier:
             self._task.load_state(self.meta.get("task_state", {}))
         return self._task
 
+    def encode(self, texts: Sequence[Any]) -> EncodedInputs:
+        """Token ids of texts (or pairs, or reward groups), exactly as the run encoded them:
+        rendered by the task, truncated to the run's max_length."""
+        texts = list(texts)
+        model_texts, group = self.task.model_texts(texts, self.model.is_decoder)
+        encoded = encode_texts(self.tokenizer, model_texts, self.meta["model"]["max_length"])
+        cut = encoded.truncated_rows or [False] * len(encoded.input_ids)
+        return EncodedInputs(encoded, group, [any(cut[i * group:(i + 1) * group]) for i in range(len(texts))])
+
+    def logits_of(self, inputs: EncodedInputs, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """Logits of encoded inputs (see `logits`)."""
+        split = EncodedSplit("input", [str(i) for i in range(len(inputs))], inputs.encoded, None, inputs.group_size)
+        return predict_logits(self.model, split, batch_size or self.batch_size, self.plan, self._batching, progress)
+
     def logits(self, texts: Sequence[Any], progress: bool = False) -> np.ndarray:
         """Raw logits (n, num_labels) for texts (or text pairs), exactly as the run computed them.
         Reward models: one score per text or (prompt, response) pair, or two per
         (chosen, rejected) group."""
-        texts = list(texts)
-        model_texts, group = self.task.model_texts(texts, self.model.is_decoder)
-        encoded = encode_texts(self.tokenizer, model_texts, self.meta["model"]["max_length"])
-        split = EncodedSplit("input", [str(i) for i in range(len(texts))], encoded, None, group)
-        return predict_logits(self.model, split, self.batch_size, self.plan, self._batching, progress)
+        return self.logits_of(self.encode(texts), progress=progress)
 
     def predict(self, texts: Sequence[Any]) -> list[Prediction]:
         """Labels and probabilities (reward: scores). Give strings (pairs for text-pair runs,
         (prompt, response) for prompted reward models), or dicts with the columns the run read."""
         if not texts:
             return []
-        if isinstance(texts[0], dict):
-            texts = [self._render(row) for row in texts]
-        logits = self.logits(list(texts))
+        return self.predictions(self.logits(self._texts(texts)))
+
+    def predictions(self, logits: np.ndarray) -> list[Prediction]:
+        """`Prediction`s from logits: the task's decisions (tuned thresholds included) and values."""
         values = self.task.probabilities(logits)
         predictions = []
         for decision, row in zip(self.task.predicted_labels(logits), values):

@@ -24,6 +24,7 @@ class Encoded:
     input_ids: list[list[int]]
     truncated: int
     token_type_ids: list[list[int]] | None = None  # segment ids of text pairs, where the model uses them
+    truncated_rows: list[bool] | None = None  # which rows were cut to max_length
 
     @property
     def lengths(self) -> np.ndarray:
@@ -70,39 +71,39 @@ def encode_texts(tokenizer, texts: Sequence[str] | Sequence[tuple[str, str]], ma
     if texts and isinstance(texts[0], tuple):
         return _encode_pairs(tokenizer, texts, max_length, chunk_size)
     ids: list[list[int]] = []
-    truncated = 0
+    cut: list[bool] = []
     for start in range(0, len(texts), chunk_size):
         chunk = list(texts[start:start + chunk_size])
         full = tokenizer(chunk, truncation=False, add_special_tokens=True)["input_ids"]
         for row in full:
-            if len(row) > max_length:
-                truncated += 1
+            cut.append(len(row) > max_length)
+            if cut[-1]:
                 # Keep the special tokens the tokenizer adds at the end (e.g. BERT's [SEP]).
                 tail = _special_suffix(tokenizer, row)
                 row = row[: max_length - len(tail)] + tail
             ids.append(row)
-    return Encoded(ids, truncated)
+    return Encoded(ids, sum(cut), truncated_rows=cut)
 
 
 def _encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, chunk_size: int) -> Encoded:
     ids: list[list[int]] = []
     types: list[list[int]] = []
-    truncated = 0
+    cut: list[bool] = []
     for start in range(0, len(pairs), chunk_size):
         chunk = list(pairs[start:start + chunk_size])
         first, second = [p[0] for p in chunk], [p[1] for p in chunk]
         full = tokenizer(first, second, truncation=False)
         for i, row in enumerate(full["input_ids"]):
             row_types = full["token_type_ids"][i] if "token_type_ids" in full else None
-            if len(row) > max_length:
-                truncated += 1
+            cut.append(len(row) > max_length)
+            if cut[-1]:
                 # Trim the longer text first, keeping both texts' special tokens.
                 again = tokenizer(first[i], second[i], truncation="longest_first", max_length=max_length)
                 row, row_types = again["input_ids"], again.get("token_type_ids")
             ids.append(row)
             if row_types is not None:
                 types.append(row_types)
-    return Encoded(ids, truncated, types if len(types) == len(ids) else None)
+    return Encoded(ids, sum(cut), types if len(types) == len(ids) else None, cut)
 
 
 def _special_suffix(tokenizer, row: list[int]) -> list[int]:

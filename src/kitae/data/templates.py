@@ -6,6 +6,7 @@ import string
 from typing import Any
 
 from kitae.data.readers import Row
+from kitae.errors import DataError
 
 
 def template_fields(template: str) -> list[str]:
@@ -68,6 +69,14 @@ def as_model_texts(texts: list[Any], text_fields: list[str] | None, template: st
     >>> as_model_texts([("犬", "猫")], ["a", "b"], None, is_decoder=False)
     [('犬', '猫')]
     """
-    if text_fields and is_decoder and texts and isinstance(texts[0], tuple):
-        return [pair_as_text(t, text_fields, template) for t in texts]
+    pairs = bool(text_fields) and len(text_fields) > 1  # type: ignore[arg-type]
+    for text in texts:
+        if pairs and not (isinstance(text, tuple) and len(text) == len(text_fields)):  # type: ignore[arg-type]
+            raise DataError(f"this run reads text pairs ({', '.join(text_fields)}): give pairs, or rows "  # type: ignore[arg-type]
+                            f"with those columns, not {type(text).__name__} {str(text)[:40]!r}")
+        if not pairs and not isinstance(text, str):
+            raise DataError(f"this run reads single texts: give strings (or rows with its columns), not "
+                            f"{type(text).__name__} {str(text)[:40]!r}")
+    if pairs and is_decoder:
+        return [pair_as_text(t, text_fields, template) for t in texts]  # type: ignore[arg-type]
     return texts

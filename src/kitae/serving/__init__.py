@@ -1,0 +1,120 @@
+"""`kitae serve RUN_DIR`: a trained classifier over HTTP (FastAPI + uvicorn), on one machine.
+
+    from kitae.serving import build_app, serve
+    serve("runs/quickstart", port=8000, token_file="token.txt")   # blocks, like the CLI
+
+- `worker.py`: the one inference thread, batching texts across requests by a token budget;
+- `app.py`: the routes, request bounds, bearer-token check and Prometheus metrics.
+
+Predictions are exactly `kitae.load(RUN_DIR).predict(texts)` (same rendering, truncation,
+thresholds); the server only decides which texts share a forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from kitae.errors import KitaeError
+from kitae.serving.app import PredictService, ServeLimits, create_app
+
+logger = logging.getLogger("kitae")
+
+__all__ = ["ServeLimits", "build_app", "read_token", "serve", "weights_sha256"]
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """One SHA-256 over the model's weight files (name and bytes, in name order): two servers
+    answer alike when this agrees."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file()
+                   and p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    for path in files:
+        digest.update(str(path.relative_to(model_dir)).encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_token(path: str | Path | None) -> str | None:
+    """The bearer token in `path` (its first line, stripped); None without a file."""
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        token = path.read_text(encoding="utf-8").strip().splitlines()[0].strip() if path.stat().st_size else ""
+    except FileNotFoundError:
+        raise KitaeError(f"{path}: no such token file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KitaeError(f"{path}: cannot read the token file ({exc})") from None
+    if len(token) < 16:
+        raise KitaeError(f"{path}: the token is {len(token)} characters; use at least 16 "
+                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > token.txt)")
+    if os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        logger.warning("%s can be read by other users of this machine (chmod 600 %s)", path, path)
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server to this machine.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_app(source: str | Path, limits: ServeLimits | None = None, token: str | None = None,
+              device: str = "auto", batch_size: int | None = None, trust_remote_code: bool = False) -> Any:
+    """The FastAPI app serving a finished classification run (what `serve` runs; tests and
+    other ASGI servers can use it directly)."""
+    from kitae import __version__
+    from kitae.models.sources import public_model_name
+    from kitae.predictor import Classifier, load
+    from kitae.runs import MODEL_DIR
+
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise KitaeError("kitae serve needs the serve extra: pip install 'kitae[serve]'") from None
+    model = load(source, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    if not isinstance(model, Classifier):
+        raise KitaeError(f"{source}: a {model.config.task} run generates text; kitae serve serves "
+                         "classification runs (use kitae generate, or the Python Generator)")
+    meta = model.meta
+    info = {"task": meta["task"], "labels": model.labels, "max_length": meta["model"]["max_length"],
+            "base_model": public_model_name(meta["model"]["name"]),
+            "adapter": meta.get("adapter", {}).get("type") if isinstance(meta.get("adapter"), dict) else None,
+            "run": Path(source).resolve().name, "weights_sha256": weights_sha256(Path(source) / MODEL_DIR),
+            "kitae_version": __version__}
+    return create_app(PredictService(model, limits or ServeLimits(), info), token)
+
+
+def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000, token_file: str | Path | None = None,
+          limits: ServeLimits | None = None, device: str = "auto", batch_size: int | None = None,
+          trust_remote_code: bool = False, log_level: str = "info") -> None:
+    """Serve until interrupted (Ctrl-C finishes the requests in flight, then stops)."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise KitaeError("kitae serve needs the serve extra: pip install 'kitae[serve]'") from None
+    token = read_token(token_file)
+    if token is None and not is_loopback(host):
+        logger.warning("serving on %s without a token: anyone who can reach this address can use the "
+                       "model (pass --token-file)", host)
+    app = build_app(source, limits, token, device, batch_size, trust_remote_code)
+    logger.info("serving %s on http://%s:%d (POST /predict, GET /info /metrics /health)%s", source, host, port,
+                "; bearer token required" if token else "")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
