@@ -251,14 +251,22 @@ def export(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write.")],
     merge: Annotated[bool, typer.Option(help="Fold LoRA into the weights: loads in plain transformers.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier kitae export in that folder.")] = False,
+    for_: Annotated[str | None, typer.Option("--for", help="vllm or tei: a merged folder that engine loads, "
+                                                            "with a parity check and its launch command.")] = None,
     trust_remote_code: TrustOption = False,
 ) -> None:
-    """A standalone Hugging Face model folder (merged, or the adapter with its head)."""
+    """A standalone Hugging Face model folder (merged, or the adapter with its head), or one for vLLM / TEI."""
     from kitae.export import export_run
 
     _setup_logging(False)
-    out = export_run(run_dir, out_dir, merge=merge, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    out = export_run(run_dir, out_dir, merge=merge, overwrite=overwrite, trust_remote_code=trust_remote_code,
+                     engine=for_)
     console.print(f"exported to [bold]{out}[/bold]")
+    if for_ is not None:
+        parity = json.loads((out / "parity.json").read_text(encoding="utf-8"))
+        console.print(f"parity with {for_}: max |difference| {parity['max_abs_difference']:.2e} on "
+                      f"{parity['rows']} rows of the run's data ({parity['labels_agree']} decisions agree)")
+        console.print(f"serve it with:\n  {parity['launch']}", highlight=False, markup=False)
 
 
 @app.command()

@@ -63,9 +63,10 @@ def public_meta(meta: dict[str, Any], kind: str, run_dir: Path) -> dict[str, Any
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, overwrite: bool = False,
-               trust_remote_code: bool = False) -> Path:
+               trust_remote_code: bool = False, engine: str | None = None) -> Path:
     """Write the standalone folder; returns it. `out_dir` must be new, empty, or (with
-    `overwrite`) an earlier kitae export; it is replaced only once the new export is complete."""
+    `overwrite`) an earlier kitae export; it is replaced only once the new export is complete.
+    `engine` ("vllm", "tei"): a merged folder that engine loads, checked (`kitae.export_engines`)."""
     from kitae.api import load
     from kitae.card import build_card
 
@@ -78,6 +79,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
     clf = load(run_dir, device="cpu", trust_remote_code=trust_remote_code)
     generator = hasattr(clf, "generate")
     meta = read_json(run_dir / MODEL_DIR / META_FILE)
+    plan = None
+    if engine is not None:
+        from kitae.export_engines import plan_engine_export
+
+        plan = plan_engine_export(clf, engine, run_dir)
+        merge = True
     full = clf.model.model is clf.model.hf_model
     merged = merge or full
     if merged and generator and meta["adapter"]["type"] == "prompt_tuning":
@@ -103,6 +110,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
             model = clf.model.hf_model if full else clf.model.model.merge_and_unload()
             if not generator:
                 model.config.use_cache = False
+            if plan is not None:
+                from kitae.export_engines import prepare_engine_model
+
+                prepare_engine_model(model, plan, clf)
             model.save_pretrained(partial, safe_serialization=True)
         else:
             if not generator:
@@ -113,10 +124,16 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
             write_json(partial / "adapter_config.json", adapter_config)
         tokenizer.save_pretrained(partial)
         _scrub_name_or_path(partial)
-        write_json(partial / META_FILE, public_meta(meta, kind, run_dir))
+        write_json(partial / META_FILE, public_meta(meta, kind if plan is None else f"{kind}:{plan.engine}", run_dir))
         write_text_atomic(partial / "README.md", build_card(run_dir, exported=kind))
         for image in run_dir.glob("confusion_matrix_*.png"):
             shutil.copyfile(image, partial / image.name)
+        if plan is not None:
+            from kitae.export_engines import finish_engine_export
+
+            parity = finish_engine_export(partial, plan, clf, run_dir)
+            logger.info("parity with %s: max |difference| %.2e on %d rows; serve with: %s", plan.engine,
+                        parity["max_abs_difference"], parity["rows"], parity["launch"])
         follow_umask(partial)
         _swap_in(partial, out_dir)
     except BaseException:
