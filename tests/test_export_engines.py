@@ -175,3 +175,67 @@ def test_generator_runs_point_to_the_merged_export(tiny_models, tmp_path):
     run = _train(sft_config(tiny_models["llama"], files, tmp_path / "sft", training={"epochs": 1}))
     with pytest.raises(KitaeError, match="--merge"):
         export_run(run, tmp_path / "out", engine="vllm")
+
+
+def _padded(clf, texts, side):
+    from kitae.data.batching import collate
+
+    inputs = clf.encode(texts)
+    return collate(inputs.encoded.input_ids, clf.tokenizer.pad_token_id, side, inputs.encoded.token_type_ids)
+
+
+@pytest.mark.parametrize("which", ["llama", "bert_mean", "regression"])
+def test_onnx_export_runs_in_onnx_runtime_with_pooling_in_the_graph(which, llama_run, tiny_models, separable_data,
+                                                                     tmp_path):
+    import onnxruntime as ort
+
+    if which == "llama":
+        run = llama_run
+    elif which == "bert_mean":  # what vLLM and TEI refuse: the mean pooling is in the graph
+        run = _train(tiny_config(tiny_models["bert"], separable_data, tmp_path / "mean", model={"pooling": "mean"},
+                                 adapter={"type": "lora", "r": 4}, training={"epochs": 1}))
+    else:
+        from test_regression import score_rows
+
+        files = {s: write_jsonl(tmp_path / "data" / f"{s}.jsonl", score_rows(40, seed))
+                 for s, seed in (("train", 1), ("dev", 2), ("test", 3))}
+        cfg = tiny_config(tiny_models["llama"], files, tmp_path / "reg",
+                          data={"label_field": "score", "normalize_targets": True}, training={"epochs": 1})
+        cfg["task"] = "regression"
+        run = _train(cfg)
+    out = tmp_path / "onnx"
+    result = CliRunner().invoke(app, ["export", str(run), str(out), "--for", "onnx"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "parity.json").read_text())["passed"]
+    clf, exported = kitae.load(run), kitae.load(out)
+    texts = _texts()
+    for mine, theirs in zip(clf.predict(texts), exported.predict(texts)):
+        assert mine.label == pytest.approx(theirs.label, abs=1e-4) if which == "regression" else mine.label == theirs.label
+    # ONNX Runtime alone: `outputs` is what kitae predicts, in target units. Decoders count
+    # positions over real tokens, so left padding gives the same; encoders' absolute positions need right.
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = _padded(clf, texts, "right" if which == "bert_mean" else "left")
+    feeds = {k: batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch
+             and k in {i.name for i in session.get_inputs()}}
+    logits, outputs = session.run(["logits", "outputs"], feeds)
+    np.testing.assert_allclose(logits, clf.logits(texts), atol=1e-4)
+    np.testing.assert_allclose(outputs, clf.task.probabilities(clf.logits(texts)), atol=1e-4)
+
+
+def test_kitae_serve_serves_an_exported_folder(llama_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from kitae.serving import build_app
+
+    out = tmp_path / "onnx"
+    export_run(llama_run, out, engine="onnx")
+    texts = _texts()
+    expected = kitae.load(llama_run).predict(texts)
+    with TestClient(build_app(out)) as client:
+        answers = client.post("/predict", json={"texts": texts}).json()["predictions"]
+        info = client.get("/info").json()
+    assert [a["label"] for a in answers] == [p.label for p in expected]
+    for answer, prediction in zip(answers, expected):
+        np.testing.assert_allclose(list(answer["probabilities"].values()), list(prediction.probabilities.values()),
+                                   atol=1e-5)
+    assert info["run"] == "onnx" and len(info["weights_sha256"]) == 64

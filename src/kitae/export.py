@@ -29,6 +29,7 @@ from kitae import __version__
 from kitae.errors import KitaeError, RunDirError
 from kitae.models.persist import META_FILE
 from kitae.models.sources import hub_model_name, public_model_name
+from kitae.predictor import EXPORT_CONFIG
 from kitae.runs import (
     MODEL_DIR,
     check_writable_folder,
@@ -62,6 +63,20 @@ def public_meta(meta: dict[str, Any], kind: str, run_dir: Path) -> dict[str, Any
                        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
 
 
+def public_config(config: Any) -> str:
+    """The run's config as an export carries it (how to render rows: template, columns, labels),
+    with data files named by their file name only."""
+    from kitae.config import config_to_dict, dump_yaml
+
+    data = config_to_dict(config)
+    for key in ("train", "dev", "test", "split_file"):
+        if data["data"].get(key):
+            data["data"][key] = Path(data["data"][key]).name
+    data["output"] = Path(str(data["output"])).name
+    data["model"]["name"] = public_model_name(str(data["model"]["name"]))
+    return dump_yaml(data)
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, overwrite: bool = False,
                trust_remote_code: bool = False, engine: str | None = None) -> Path:
     """Write the standalone folder; returns it. `out_dir` must be new, empty, or (with
@@ -90,7 +105,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
     if merged and generator and meta["adapter"]["type"] == "prompt_tuning":
         raise KitaeError(f"{run_dir}: a prompt-tuning soft prompt cannot be merged into the weights; export the "
                          "adapter (without --merge), which PEFT loads onto the base model")
-    if merged and not generator and clf.model.pooling == "mean":
+    if merged and not generator and clf.model.pooling == "mean" and (plan is None or plan.engine != "onnx"):
         raise KitaeError(
             f"{run_dir}: this model pools the mean of token states (model.pooling: mean), which "
             "transformers' *ForSequenceClassification cannot express; a merged export would not give "
@@ -111,10 +126,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
             if not generator:
                 model.config.use_cache = False
             if plan is not None:
-                from kitae.export_engines import prepare_engine_model
+                from kitae.export_engines import export_onnx, prepare_engine_model
 
                 prepare_engine_model(model, plan, clf)
-            model.save_pretrained(partial, safe_serialization=True)
+            if plan is not None and plan.engine == "onnx":
+                export_onnx(model, clf, partial)
+                model.config.save_pretrained(partial)  # id2label, label2id, problem_type (Optimum reads it)
+            else:
+                model.save_pretrained(partial, safe_serialization=True)
         else:
             if not generator:
                 shutil.copyfile(run_dir / MODEL_DIR / CLASSIFIER_CONFIG, partial / CLASSIFIER_CONFIG)
@@ -125,13 +144,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
         tokenizer.save_pretrained(partial)
         _scrub_name_or_path(partial)
         write_json(partial / META_FILE, public_meta(meta, kind if plan is None else f"{kind}:{plan.engine}", run_dir))
+        if clf.config is not None:
+            write_text_atomic(partial / EXPORT_CONFIG, public_config(clf.config))
         write_text_atomic(partial / "README.md", build_card(run_dir, exported=kind))
         for image in run_dir.glob("confusion_matrix_*.png"):
             shutil.copyfile(image, partial / image.name)
         if plan is not None:
             from kitae.export_engines import finish_engine_export
 
-            parity = finish_engine_export(partial, plan, clf, run_dir)
+            parity = finish_engine_export(partial, plan, clf, run_dir, out_dir)
             logger.info("parity with %s: max |difference| %.2e on %d rows; serve with: %s", plan.engine,
                         parity["max_abs_difference"], parity["rows"], parity["launch"])
         follow_umask(partial)

@@ -1,4 +1,4 @@
-"""`kitae export RUN OUT --for vllm|tei`: a merged folder a serving engine loads, checked.
+"""`kitae export RUN OUT --for vllm|tei|onnx`: a merged folder a serving engine loads, checked.
 
 Each engine has a contract — the architecture it recognises, the head it builds, how it pools,
 which activation it applies — and kitae either writes a folder that meets it and reproduces the
@@ -10,6 +10,10 @@ run's outputs, or refuses before writing anything, with the reason and the fix:
   activation follows `problem_type` (softmax / sigmoid / identity), which the export sets.
 - text-embeddings-inference (`/predict`): encoder classifiers with a fast `tokenizer.json`,
   `id2label` and `label2id`; TEI tokenises with the Rust tokenizer from that file.
+- ONNX (`model.onnx`, ONNX Runtime, Optimum): any classifier, pooling included in the graph (so
+  mean-pooled encoders too), inputs `input_ids`, `attention_mask` (+ `token_type_ids` for
+  encoder pairs), outputs `logits` and `outputs` (the run's probabilities, or values in target
+  units for regression, scores for reward models). Checked here with ONNX Runtime itself.
 
 What no engine reproduces is refused: mean pooling (no engine pools a classifier's mean; train with
 `model.pooling: cls` or `last`), slow tokenizers for TEI, a regression mean that a bias-free head
@@ -39,7 +43,9 @@ from kitae.errors import KitaeError
 
 logger = logging.getLogger("kitae")
 
-ENGINES = ("vllm", "tei")
+ENGINES = ("vllm", "tei", "onnx")
+ONNX_FILE = "model.onnx"
+EXPORT_CONFIG = "kitae_config.yaml"  # the run's config (data paths reduced to file names): how to render rows
 PARITY_FILE = "parity.json"
 PARITY_TOLERANCE = 1e-4  # max |difference| of probabilities (values for regression / reward), float32
 SAMPLE_ROWS = 16
@@ -80,7 +86,7 @@ def plan_engine_export(clf: Any, engine: str, run_dir: Path) -> EnginePlan:
     task = clf.meta["task"]
     architecture = type(clf.model.hf_model).__name__
     is_decoder = bool(clf.model.is_decoder)
-    if clf.model.pooling == "mean":
+    if clf.model.pooling == "mean" and engine != "onnx":
         raise KitaeError(f"{run_dir}: the model pools the mean of token states (model.pooling: mean), which "
                          f"{_engine_name(engine)} cannot do for a classifier; train with model.pooling: cls "
                          "(encoders) or last (decoders)")
@@ -96,7 +102,7 @@ def plan_engine_export(clf: Any, engine: str, run_dir: Path) -> EnginePlan:
         elif architecture not in VLLM_ENCODERS:
             raise KitaeError(f"{run_dir}: vLLM has no cross-encoder for {architecture} (it has "
                              f"{', '.join(VLLM_ENCODERS)}); use --for tei where it applies, or kitae serve")
-    else:  # tei
+    elif engine == "tei":
         if is_decoder:
             raise KitaeError(f"{run_dir}: text-embeddings-inference serves encoder classifiers, and this is a "
                              f"decoder ({architecture}); use --for vllm")
@@ -108,7 +114,7 @@ def plan_engine_export(clf: Any, engine: str, run_dir: Path) -> EnginePlan:
                              "tokenizer.json, which text-embeddings-inference needs (MeCab / sentencepiece "
                              "tokenizers without a fast version); use --for vllm or kitae serve")
     fold = None
-    if task == "regression":
+    if task == "regression" and engine != "onnx":  # ONNX computes target units in the graph
         mean = np.asarray(clf.task.mean, dtype=np.float64)
         std = np.asarray(clf.task.std, dtype=np.float64)
         if np.any(mean != 0) and _last_linear(head).bias is None:
@@ -141,8 +147,9 @@ def prepare_engine_model(model: Any, plan: EnginePlan, clf: Any) -> None:
     config.architectures = [plan.architecture]
 
 
-def finish_engine_export(folder: Path, plan: EnginePlan, clf: Any, run_dir: Path) -> dict[str, Any]:
-    """Write what the engine needs beside the weights, run the parity check, return its record."""
+def finish_engine_export(folder: Path, plan: EnginePlan, clf: Any, run_dir: Path, final: Path) -> dict[str, Any]:
+    """Write what the engine needs beside the weights (in `folder`, which becomes `final`), run the
+    parity check, return its record."""
     if plan.engine == "tei" and not (folder / "tokenizer.json").is_file():
         raise KitaeError(f"{run_dir}: the exported tokenizer wrote no tokenizer.json; text-embeddings-inference "
                          "cannot load it")
@@ -154,7 +161,7 @@ def finish_engine_export(folder: Path, plan: EnginePlan, clf: Any, run_dir: Path
                      "is at least its threshold (tuned on dev by kitae)"}, ensure_ascii=False, indent=2) + "\n",
             encoding="utf-8")
     parity = check_parity(folder, plan, len(clf.labels))
-    parity["launch"] = launch_command(plan, folder, clf)
+    parity["launch"] = launch_command(plan, final, clf)
     (folder / PARITY_FILE).write_text(json.dumps(parity, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     if not parity["passed"]:
         raise KitaeError(f"{run_dir}: parity check for {_engine_name(plan.engine)} failed: max |difference| "
@@ -190,9 +197,12 @@ def sample_texts(clf: Any, n: int = SAMPLE_ROWS) -> list[Any]:
 
 
 def check_parity(folder: Path, plan: EnginePlan, num_labels: int) -> dict[str, Any]:
-    """The engine's outputs (emulated with transformers on the exported folder) against kitae's."""
+    """The engine's outputs (emulated with transformers on the exported folder; ONNX Runtime
+    itself for onnx) against kitae's."""
     assert plan.texts is not None and plan.reference is not None
     texts = plan.texts
+    if plan.engine == "onnx":
+        return _compare(plan, _onnx_outputs(folder, texts), "ONNX Runtime on model.onnx, texts padded in one batch")
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
@@ -211,9 +221,14 @@ def check_parity(folder: Path, plan: EnginePlan, num_labels: int) -> dict[str, A
                 kwargs = {"token_type_ids": torch.tensor([types])} if types is not None else {}
                 logits = model(input_ids=input_ids, **kwargs).logits[0]
             outputs.append(logits.float().numpy())
-    engine_raw = np.stack(outputs)
-    engine_values = _activation(plan.problem_type, num_labels)(engine_raw)
-    kitae_values = plan.reference
+    engine_values = _activation(plan.problem_type, num_labels)(np.stack(outputs))
+    return _compare(plan, engine_values, "transformers on the exported folder, with the engine's tokenizer, "
+                    "pooling and activation (the engine itself is not run by kitae)")
+
+
+def _compare(plan: EnginePlan, engine_values: np.ndarray, how: str) -> dict[str, Any]:
+    assert plan.texts is not None and plan.reference is not None
+    texts, kitae_values = plan.texts, plan.reference
     difference = float(np.max(np.abs(engine_values - kitae_values)))
     if plan.problem_type == "regression":
         agree = int(np.sum(np.all(np.abs(engine_values - kitae_values) <= PARITY_TOLERANCE, axis=1)))
@@ -223,9 +238,7 @@ def check_parity(folder: Path, plan: EnginePlan, num_labels: int) -> dict[str, A
         agree = int(np.sum(engine_values.argmax(1) == kitae_values.argmax(1)))
     return {"engine": plan.engine, "architecture": plan.architecture, "problem_type": plan.problem_type,
             "rows": len(texts), "max_abs_difference": difference, "tolerance": PARITY_TOLERANCE,
-            "labels_agree": agree, "passed": bool(difference <= PARITY_TOLERANCE),
-            "emulated": "transformers on the exported folder, with the engine's tokenizer, pooling and "
-                        "activation (the engine itself is not run by kitae)"}
+            "labels_agree": agree, "passed": bool(difference <= PARITY_TOLERANCE), "how": how}
 
 
 def _engine_tokenizer(folder: Path, plan: EnginePlan):
@@ -270,6 +283,10 @@ def launch_command(plan: EnginePlan, folder: Path, clf: Any) -> str:
     """The exact command to serve the folder, and how to call it."""
     max_length = clf.meta["model"]["max_length"]
     path = shlex.quote(str(folder))
+    if plan.engine == "onnx":
+        return (f"kitae serve {path}   # or ONNX Runtime directly: InferenceSession('{folder}/{ONNX_FILE}'), inputs "
+                "input_ids / attention_mask, outputs logits / outputs; pad on the right "
+                f"({'decoders: either side' if plan.is_decoder else 'encoders count absolute positions'})")
     if plan.engine == "vllm":
         return (f"vllm serve {path} --runner pooling --max-model-len {max_length}   "
                 f"# POST /classify {{\"model\": \"{path}\", \"input\": [\"...\"]}}; older vLLM: --task classify. "
@@ -279,6 +296,74 @@ def launch_command(plan: EnginePlan, folder: Path, clf: Any) -> str:
     return (f"docker run --rm -p 8080:80 -v {shlex.quote(str(folder.resolve()))}:/data "
             f"ghcr.io/huggingface/text-embeddings-inference:cpu-latest --model-id /data   "
             f"# POST /predict {{\"inputs\": \"...\"}}{raw}; send texts within {max_length} tokens")
+
+
+class _OnnxGraph(torch.nn.Module):
+    """What model.onnx computes: kitae's padding-safe pooling and head, then the run's outputs."""
+
+    def __init__(self, classifier: torch.nn.Module, outputs: str, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.classifier, self.kind = classifier, outputs
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(input_ids, attention_mask, token_type_ids=token_type_ids).float()
+        if self.kind == "softmax":
+            return logits, torch.softmax(logits, dim=-1)
+        if self.kind == "sigmoid":
+            return logits, torch.sigmoid(logits)
+        if self.kind == "values":
+            return logits, logits * self.std + self.mean
+        return logits, logits
+
+
+def export_onnx(model: Any, clf: Any, folder: Path) -> None:
+    """Write folder/model.onnx from the merged model (dynamic batch and sequence length)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise KitaeError("--for onnx needs the onnx extra: pip install 'kitae[onnx]'") from None
+    from kitae.data.batching import collate
+    from kitae.models.classifier import SequenceClassifier
+
+    task = clf.meta["task"]
+    kind = {"single_label": "softmax", "pair": "softmax", "multi_label": "sigmoid", "regression": "values"}.get(
+        task, "scores")
+    mean = torch.as_tensor(np.asarray(getattr(clf.task, "mean", [0.0]), dtype=np.float32))
+    std = torch.as_tensor(np.asarray(getattr(clf.task, "std", [1.0]), dtype=np.float32))
+    classifier = SequenceClassifier(model, model, clf.model.pooling, clf.model.is_decoder).float().eval()
+    graph = _OnnxGraph(classifier, kind, mean, std).eval()
+    sample = clf.encode(sample_texts(clf, 2) * 2)
+    batch = collate(sample.encoded.input_ids[:2], clf.tokenizer.pad_token_id, "right",
+                    None if sample.encoded.token_type_ids is None else sample.encoded.token_type_ids[:2])
+    typed = "token_type_ids" in batch
+    args = (batch["input_ids"], batch["attention_mask"]) + ((batch["token_type_ids"],) if typed else ())
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if typed else [])
+    rows, length = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
+    shapes = {name: {0: rows, 1: length} for name in names}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, args, str(folder / ONNX_FILE), input_names=names,
+                          output_names=["logits", "outputs"], dynamic_shapes=shapes, dynamo=True,
+                          external_data=False, verbose=False)
+
+
+def _onnx_outputs(folder: Path, texts: list[Any]) -> np.ndarray:
+    """model.onnx's `outputs` for texts, through ONNX Runtime, in one right-padded batch."""
+    from kitae.predictor import Classifier
+
+    exported = Classifier(folder, device="cpu")
+    inputs = exported.encode(texts)
+    from kitae.data.batching import collate
+
+    batch = collate(inputs.encoded.input_ids, exported.tokenizer.pad_token_id, "right",
+                    inputs.encoded.token_type_ids)
+    return exported.model.run(batch)[1]
 
 
 def _trained_head(head: torch.nn.Module) -> torch.nn.Module:

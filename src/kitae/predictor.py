@@ -40,6 +40,7 @@ from kitae.tasks.classification import ClassificationTask
 
 logger = logging.getLogger("kitae")
 
+EXPORT_CONFIG = "kitae_config.yaml"  # in an export: the run's config, data paths reduced to file names
 PREDICT_CHUNK_ROWS = 4096  # rows read, encoded and predicted at a time by predict_file / evaluate_file
 
 
@@ -89,10 +90,17 @@ class Classifier:
 
     def __init__(self, run_dir: Path, device: str = "auto", batch_size: int = 32,
                  trust_remote_code: bool = False) -> None:
-        self.run_dir = require_finished_run(Path(run_dir))
-        model, tokenizer, meta, plan = load_classifier(self.run_dir / MODEL_DIR, device, trust_remote_code)
+        from kitae.export import is_kitae_export
+
+        if is_kitae_export(Path(run_dir)):  # an exported folder (merged, vllm, tei, onnx) serves too
+            self.run_dir = Path(run_dir)
+            model, tokenizer, meta, plan = load_classifier(self.run_dir, device, trust_remote_code)
+            saved = self.run_dir / EXPORT_CONFIG
+        else:
+            self.run_dir = require_finished_run(Path(run_dir))
+            model, tokenizer, meta, plan = load_classifier(self.run_dir / MODEL_DIR, device, trust_remote_code)
+            saved = self.run_dir / "config.yaml"
         self.model, self.tokenizer, self.meta, self.plan = model, tokenizer, meta, plan
-        saved = self.run_dir / "config.yaml"
         self.config = read_saved_config(saved) if saved.is_file() else None
         self.labels: list[str] = meta["labels"]
         self.batch_size = batch_size
@@ -295,6 +303,15 @@ def load(run_dir: str | Path, device: str = "auto", batch_size: int | None = Non
     """Load a finished run: a `Classifier` for classification runs, a `kitae.generator.Generator`
     for sft and causal_lm runs. `trust_remote_code=True` lets the base model run code from the
     hub; it is never taken from the run directory (which may come from anyone)."""
+    from kitae.export import is_kitae_export
+
+    if is_kitae_export(Path(run_dir)):
+        meta = read_json(Path(run_dir) / "kitae_model.json")
+        if meta.get("task") in TASKS and get_task_class(meta["task"]).kind == "generator":
+            raise RunDirError(f"{run_dir}: an exported causal LM loads with transformers / PEFT (its README says "
+                              "how); kitae.load reads run directories and exported classifiers")
+        return Classifier(Path(run_dir), device=device, batch_size=batch_size or 32,
+                          trust_remote_code=trust_remote_code)
     run_dir = require_finished_run(Path(run_dir))
     task = read_json(run_dir / MODEL_DIR / "kitae_model.json").get("task", "single_label")
     if task in TASKS and get_task_class(task).kind == "generator":

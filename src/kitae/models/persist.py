@@ -60,7 +60,18 @@ def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool 
     folder = Path(folder)
     meta, model_config, adapter, plan, tokenizer = _saved(folder, device, trust_remote_code)
     id2label = {i: label for i, label in enumerate(meta["labels"])}
-    if adapter.type == "full":
+    exported = str(meta.get("export", {}).get("kind", ""))
+    if exported.endswith("onnx"):
+        from transformers import AutoConfig
+
+        from kitae.models.onnx_backend import OnnxClassifier
+
+        is_decoder = not is_encoder_config(AutoConfig.from_pretrained(folder))
+
+        cpu_plan = plan_precision(probe_caps("cpu"), "float32", "sdpa", "full")
+        onnx_model = OnnxClassifier(folder / "model.onnx", meta["pooling"], is_decoder, plan.device)
+        return onnx_model, tokenizer, meta, cpu_plan  # type: ignore[return-value]
+    if adapter.type == "full" or exported.startswith("merged"):
         hf_model = AutoModelForSequenceClassification.from_pretrained(
             folder, dtype=plan.weights_dtype, attn_implementation=plan.attn_implementation,
             trust_remote_code=model_config.trust_remote_code,

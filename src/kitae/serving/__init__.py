@@ -33,7 +33,7 @@ def weights_sha256(model_dir: Path) -> str:
     answer alike when this agrees."""
     digest = hashlib.sha256()
     files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file()
-                   and p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+                   and p.suffix in (".safetensors", ".bin", ".pt", ".gguf", ".onnx"))
     for path in files:
         digest.update(str(path.relative_to(model_dir)).encode())
         with path.open("rb") as handle:
@@ -77,8 +77,8 @@ def is_loopback(host: str) -> bool:
 
 def build_app(source: str | Path, limits: ServeLimits | None = None, token: str | None = None,
               device: str = "auto", batch_size: int | None = None, trust_remote_code: bool = False) -> Any:
-    """The FastAPI app serving a finished classification run (what `serve` runs; tests and
-    other ASGI servers can use it directly)."""
+    """The FastAPI app serving a finished classification run or a kitae export of one (merged,
+    vllm, tei, onnx) — what `serve` runs; tests and other ASGI servers can use it directly."""
     from kitae import __version__
     from kitae.models.sources import public_model_name
     from kitae.predictor import Classifier, load
@@ -97,7 +97,8 @@ def build_app(source: str | Path, limits: ServeLimits | None = None, token: str 
     info = {"task": meta["task"], "labels": model.labels, "max_length": meta["model"]["max_length"],
             "base_model": public_model_name(meta["model"]["name"]),
             "adapter": meta.get("adapter", {}).get("type") if isinstance(meta.get("adapter"), dict) else None,
-            "run": Path(source).resolve().name, "weights_sha256": weights_sha256(Path(source) / MODEL_DIR),
+            "run": Path(source).resolve().name, "weights_sha256": weights_sha256(Path(source) / MODEL_DIR if (Path(source) / MODEL_DIR).is_dir()
+                                             else Path(source)),
             "kitae_version": __version__}
     return create_app(PredictService(model, limits or ServeLimits(), info), token)
 
