@@ -69,6 +69,7 @@ def test_vllm_export_meets_the_contract_and_pools_at_the_last_prompt_token(llama
     assert not any("lora" in k for k in weights)
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] and parity["rows"] > 0 and parity["labels_agree"] == parity["rows"]
+    assert parity["transformers_pooling_agrees"] is True  # this tokenizer appends no pad-as-EOS
     # Independently: vLLM runs each prompt unpadded and applies `score` to its last token's state.
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -208,6 +208,7 @@ def check_parity(folder: Path, plan: EnginePlan, num_labels: int) -> dict[str, A
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
     engine_tokens = _engine_tokenizer(folder, plan)
     outputs = []
+    transformers_rule: list[bool] = []
     with torch.inference_mode():
         for text in texts:
             ids, types = engine_tokens(text)
@@ -217,13 +218,24 @@ def check_parity(folder: Path, plan: EnginePlan, num_labels: int) -> dict[str, A
                 backbone = getattr(model, model.base_model_prefix)
                 hidden = backbone(input_ids=input_ids).last_hidden_state[0, -1]
                 logits = model.score(hidden.float())
+                # transformers pools at the last non-pad token instead: the same unless the
+                # tokenizer ends the prompt with an EOS that is also the pad token.
+                own = model(input_ids=input_ids).logits[0].float()
+                transformers_rule.append(bool(torch.allclose(own, logits, atol=PARITY_TOLERANCE)))
             else:
                 kwargs = {"token_type_ids": torch.tensor([types])} if types is not None else {}
                 logits = model(input_ids=input_ids, **kwargs).logits[0]
             outputs.append(logits.float().numpy())
     engine_values = _activation(plan.problem_type, num_labels)(np.stack(outputs))
-    return _compare(plan, engine_values, "transformers on the exported folder, with the engine's tokenizer, "
-                    "pooling and activation (the engine itself is not run by kitae)")
+    record = _compare(plan, engine_values, "transformers on the exported folder, with the engine's tokenizer, "
+                      "pooling and activation (the engine itself is not run by kitae)")
+    if transformers_rule:
+        record["transformers_pooling_agrees"] = all(transformers_rule)
+        if not all(transformers_rule):
+            logger.warning("the tokenizer ends prompts with its pad token: plain transformers' "
+                           "*ForSequenceClassification pools one token earlier than vLLM and kitae, so loading "
+                           "this folder in transformers gives other logits (vLLM gives kitae's)")
+    return record
 
 
 def _compare(plan: EnginePlan, engine_values: np.ndarray, how: str) -> dict[str, Any]:
