@@ -456,7 +456,15 @@ def _plot(sweep: Sweep, results: list[ConfigurationResult], selected: Configurat
             ax.plot([xs[i]], [means[i]], "*", markersize=14, color="tab:red", label="selected")
             ax.legend(loc="best", fontsize=8)
         if numeric and key.endswith("lr") and min(values) > 0:
+            from matplotlib.ticker import FixedLocator, NullFormatter
+
             ax.set_xscale("log")
+            # Ticks at the swept values only: log minor labels (3e-4, 4e-4) overlap.
+            ax.xaxis.set_major_locator(FixedLocator(sorted(set(values))))
+            ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:g}")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif numeric and len(set(values)) <= 8:
+            ax.set_xticks(sorted(set(values)))
         if not numeric:
             ax.set_xticks(range(len(labels)))
             ax.set_xticklabels([label[:18] for label in labels], rotation=20, fontsize=7)
