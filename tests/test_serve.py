@@ -315,6 +315,41 @@ def test_many_concurrent_clients_get_exactly_predict_or_429(runs):
     assert total > eight  # some batches held more than 8 texts, the most one request may send
 
 
+def test_a_full_queue_answers_429_with_retry_after_and_loses_nothing(runs):
+    import httpx
+
+    app = build_app(runs["single_label"], ServeLimits(max_queue_texts=4, max_texts_per_request=4))
+    worker = app.state.service.worker
+    gate = threading.Event()
+    real_forward = worker.forward
+
+    def held_forward(inputs):
+        gate.wait(30)
+        return real_forward(inputs)
+
+    worker.forward = held_forward
+    answers: dict[str, httpx.Response] = {}
+    with _Server(app) as url:
+        def send(name: str, texts: list[str]) -> None:
+            answers[name] = httpx.post(f"{url}/predict", json={"texts": texts}, timeout=60)
+
+        first = threading.Thread(target=send, args=("first", ["晴れ", "雨", "株", "円"]))
+        first.start()
+        deadline = time.time() + 30
+        while worker.queued_texts < 4:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        send("refused", ["晴れ"])
+        gate.set()
+        first.join(60)
+        send("after", ["晴れ"])
+    refused = answers["refused"]
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "queue is full (4 texts waiting)" in refused.json()["error"]
+    assert answers["first"].status_code == 200 and len(answers["first"].json()["predictions"]) == 4
+    assert answers["after"].status_code == 200
+
+
 def test_serving_refuses_generators_and_weak_tokens(tiny_models, tmp_path, monkeypatch, caplog, runs):
     from test_sft import qa_rows, sft_config
 

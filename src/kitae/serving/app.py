@@ -203,6 +203,7 @@ def create_app(service: PredictService, token: str | None = None) -> Any:
 
     app = FastAPI(title="kitae", version=str(service.info.get("kitae_version", "")), lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service  # for tests and embedding applications
     metrics = service.metrics
     limits = service.limits
 
