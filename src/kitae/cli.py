@@ -272,7 +272,7 @@ def export(
 @app.command()
 @_user_errors
 def serve(
-    run_dir: Annotated[Path, typer.Argument(help="A finished classification run directory.")],
+    run_dir: Annotated[Path, typer.Argument(help="A finished classification run directory, or a kitae export of one.")],
     host: Annotated[str, typer.Option(help="Address to bind; other than localhost, set a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token every inference "
