@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +55,9 @@ def main() -> None:
             rows.append({"setting": name, "seeds": len(seeds), "seconds": round(time.perf_counter() - started, 1),
                          **{m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
                             for m, v in scores.items()}})
+            # Each setting as it finishes: a long run stopped half-way keeps what it measured.
+            print(f"{name}: " + ", ".join(f"{m} {v[0]:.3f}" for m, v in rows[-1].items() if m in METRICS),
+                  file=sys.stderr, flush=True)
     metrics = [m for m in METRICS if m in rows[0]]
     lines = ["| setting | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for row in rows:
