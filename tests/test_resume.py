@@ -204,3 +204,27 @@ def test_fp16_grad_scaler_state_survives_resume(tiny_models, separable_data, tmp
     assert saved is not None and saved["scale"] < 65536.0  # the scale backed off from its start
     resumed = _train(cfg, resume=True)
     np.testing.assert_array_equal(resumed.logits["test"], full.logits["test"])
+
+
+def test_a_resumed_run_keeps_its_memory_peaks_and_wall_time(tiny_models, separable_data, tmp_path):
+    import csv
+
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run", **SECTIONS)
+    cfg["training"] = {**cfg["training"], "log_every_steps": 2}
+    with pytest.raises(TrainingInterrupted):
+        _train(cfg, callbacks=[SignalAfterEpoch()])
+    run = tmp_path / "run"
+    first_wall = json.loads((run / "run.json").read_text())["wall_seconds"]
+    assert first_wall > 0
+    # Mark the first session's logged peaks: the summary after resume must still see them.
+    rows = list(csv.DictReader((run / "steps.csv").open(encoding="utf-8")))
+    assert rows
+    rows[0]["rss_gib"] = "99.0"
+    with (run / "steps.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _train(cfg, resume=True)
+    summary = json.loads((run / "metrics.json").read_text())["summary"]
+    assert summary["peak_rss_gib"] == 99.0
+    assert json.loads((run / "run.json").read_text())["wall_seconds"] > first_wall

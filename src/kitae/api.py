@@ -43,6 +43,7 @@ from kitae.runs import (
     check_writable_folder,
     is_kitae_run,
     read_json,
+    run_info,
     run_status,
     update_run_info,
     write_json,
@@ -109,6 +110,8 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
                                             resume=resume)
     detach_log = attach_run_log(run_dir / "train.log")
     started = time.time()
+    # A resumed run's wall time adds up over its sessions (a SIGKILLed session's time is not known).
+    earlier_seconds = float((run_info(run_dir) or {}).get("wall_seconds") or 0.0) if resume else 0.0
     watchers = list(callbacks or [])
     if replaced is not None:
         logger.info("the run it replaces is kept at %s until this one has trained its first step",
@@ -122,7 +125,8 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
         from kitae.training.loop import TrainingInterrupted
 
         interrupted = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
-        update_run_info(run_dir, status="interrupted" if interrupted else "failed")
+        update_run_info(run_dir, status="interrupted" if interrupted else "failed",
+                        wall_seconds=round(earlier_seconds + time.time() - started, 1))
         for watcher in watchers:
             watcher.on_run_stopped("interrupted" if interrupted else "failed")
         if replaced is not None and not replaced.done:
@@ -136,7 +140,7 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
         detach_log()
         lock.release()
     status = result.stop_reason if result.stop_reason not in (None, "early_stopping") else "finished"
-    update_run_info(run_dir, status=status, wall_seconds=round(time.time() - started, 1))
+    update_run_info(run_dir, status=status, wall_seconds=round(earlier_seconds + time.time() - started, 1))
     metrics = read_json(run_dir / "metrics.json")
     for watcher in watchers:
         watcher.on_run_end(run_dir, metrics)

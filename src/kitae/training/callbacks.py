@@ -119,6 +119,11 @@ class MemoryMonitor(Callback):
             with self.path.open(encoding="utf-8") as handle:
                 rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= info.get("global_step", 0)]
             write_csv(self.path, rows)
+            # The peaks of the steps before the interruption still count in the run's summary.
+            for row in rows:
+                for key, value in row.items():
+                    if key.endswith("_gib") and value not in (None, ""):
+                        self.peaks[key] = max(self.peaks.get(key, 0.0), float(value))
 
     def on_step_end(self, step: dict[str, Any]) -> None:
         self.window_tokens += step["tokens"]
@@ -151,8 +156,31 @@ class MemoryMonitor(Callback):
             self.peaks[key] = max(self.peaks.get(key, 0.0), value)
 
     def summary(self) -> dict[str, Any]:
-        return {"peak_rss_gib": self.peaks.get("rss_gib"), "cuda_peak_gib": self.peaks.get("cuda_peak_gib"),
-                "largest_batch": self.largest_batch}
+        """Peaks over the whole run (this process's own high-water mark included: evaluation
+        after the last logging step may be the peak), and the largest batch trained here (None
+        when this process trained no step, e.g. resumed after the last one)."""
+        peaks = dict(self.peaks)
+        own = process_peak_rss_gib()
+        if own is not None:
+            peaks["rss_gib"] = max(peaks.get("rss_gib", 0.0), own)
+        if torch.cuda.is_available():
+            peaks["cuda_peak_gib"] = max(peaks.get("cuda_peak_gib", 0.0),
+                                         round(torch.cuda.max_memory_allocated() / 2**30, 3))
+        return {"peak_rss_gib": peaks.get("rss_gib"), "cuda_peak_gib": peaks.get("cuda_peak_gib"),
+                "largest_batch": self.largest_batch if self.largest_batch["tokens"] else None}
+
+
+def process_peak_rss_gib() -> float | None:
+    """This process's peak resident memory (the kernel's high-water mark), where the OS reports it."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    # Linux reports KiB, macOS bytes.
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 3)
 
 
 class EpochLogger(Callback):
