@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,44 @@ def _study(sweep: Sweep, worker: bool) -> Any:
     sampler = optuna.samplers.TPESampler(seed=None if worker else sweep.config.sampler_seed)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if sweep.config.pruning
               else optuna.pruners.NopPruner())
-    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                               direction="maximize" if sweep.direction == "max" else "minimize", load_if_exists=True)
+    direction = "maximize" if sweep.direction == "max" else "minimize"
+    for attempt in range(6):
+        try:
+            # Workers starting together race to create the schema and the study: a loser retries and loads it.
+            with _creation_lock(sweep):
+                engine: Any = storage
+                if storage.startswith("sqlite:"):
+                    # SQLite answers "database is locked" after 5 s by default; busy workers wait longer.
+                    engine = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 120}})
+                return optuna.create_study(study_name=name, storage=engine, sampler=sampler, pruner=pruner,
+                                           direction=direction, load_if_exists=True)
+        except Exception as exc:  # sqlalchemy's OperationalError / IntegrityError, without importing it here
+            if attempt == 5 or type(exc).__module__.split(".")[0] != "sqlalchemy":
+                raise
+            logger.info("the study storage is busy (%s); retrying", type(exc).__name__)
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _creation_lock(sweep: Sweep) -> Any:
+    """An exclusive lock (this machine) while the study is created or loaded."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def locked() -> Any:
+        sweep.output.mkdir(parents=True, exist_ok=True)
+        with (sweep.output / ".study.lock").open("a") as handle:
+            try:
+                import fcntl
+            except ImportError:  # Windows: the retries above are the guard
+                yield
+                return
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    return locked()
 
 
 def _trial_lock(sweep: Sweep, number: int) -> RunLock | None:
