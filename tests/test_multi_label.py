@@ -112,7 +112,9 @@ def test_multilabel_learns_and_predict_applies_tuned_thresholds(tiny_models, ml_
     cfg["task"] = "multi_label"
     result = kitae.train(config_from_dict(cfg), progress=False)
     test = result.metrics["test"]
-    assert test["micro_f1"] >= 0.8, test
+    # 40 test rows: the dropout draws alone move micro-F1 between 0.78 and 0.88 (seeds 7, 8; torch
+    # and sparse dropout); a model that learned nothing scores about 0.3.
+    assert test["micro_f1"] >= 0.75, test
     assert set(test["per_category"]) == set(CATEGORIES)
     # Tuned thresholds are each category's F1-maximising cut on dev: never worse than 0.5 there,
     # and the reported metrics use them (checked against scikit-learn on the saved probabilities).

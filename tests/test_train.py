@@ -61,12 +61,18 @@ def test_run_directory_and_reload_gives_identical_logits(tiny_models, separable_
     prediction = json.loads((run / "predictions_test.jsonl").read_text().splitlines()[0])
     assert set(prediction) == {"id", "gold", "predicted", "probabilities"}
 
-    clf = kitae.load(run, batch_size=cfg["training"]["batch_size"] * 2)
+    # With the adapter as trained (unmerged) and the same batches (so the same packed rows), the
+    # reload computes exactly what training did.
+    clf = kitae.load(run, batch_size=cfg["training"]["batch_size"] * 2, merge=False)
     texts = [json.loads(line)["text"] for line in separable_data["test"].read_text().splitlines()]
     np.testing.assert_array_equal(clf.logits(texts), result.logits["test"])
     # Dev logits are reused from the selected epoch's evaluation: they equal a fresh computation.
     dev_texts = [json.loads(line)["text"] for line in separable_data["dev"].read_text().splitlines()]
     np.testing.assert_array_equal(clf.logits(dev_texts), result.logits["dev"])
+    # The default load merges the LoRA into the weights: the same numbers up to float rounding.
+    merged = kitae.load(run)
+    np.testing.assert_allclose(merged.logits(texts), result.logits["test"], rtol=1e-5, atol=1e-5)
+    assert (merged.logits(texts).argmax(-1) == result.logits["test"].argmax(-1)).all()
     predictions = clf.predict(texts[:3])
     assert all(p.label in clf.labels and abs(sum(p.probabilities.values()) - 1) < 1e-6 for p in predictions)
     assert all(p.scores is None for p in predictions)

@@ -187,6 +187,11 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
     # 2. Model: the task builds it on the backbone (head or LM, adapter).
     logger.info("compute: %s", plan.describe())
     model = task.build_model(backbone, plan)
+    if training.compile:
+        # In place (nn.Module.compile): parameter names, checkpoints and saving stay the same.
+        # Dynamic shapes: batches differ in length, and recompiling for each would cost more.
+        model.backbone.compile(dynamic=True)
+        logger.info("compile: torch.compile of the backbone (the first steps compile)")
 
     # 3. Train, selecting the best epoch on dev.
     checkpoint_dir = run_dir / CHECKPOINT_DIR

@@ -264,10 +264,21 @@ class TrainingConfig(Section):
         10.0, gt=0, description="Save a resumable checkpoint at most this often (and every epoch)."
     )
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")
-    packing: bool = Field(
-        False,
-        description="sft: several examples per row up to model.max_length, with no attention across "
-        "examples and the loss mask kept exact (fewer pad tokens; causal_lm always packs).",
+    packing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Several examples per row with no attention across them (no pad tokens). "
+        "Classifiers: the examples of each batch share rows, so every step sees the same examples "
+        "and logits equal unpacked ones; auto = on where the model passes a packed-vs-unpacked check "
+        "at load (decoders; encoders with mean pooling). sft: rows filled up to model.max_length, "
+        "the loss mask kept exact; auto = off for sft (causal_lm always packs).",
+    )
+    sparse_dropout: bool = Field(
+        True, description="Draw LoRA dropout as the positions of the dropped elements (the same "
+        "Bernoulli mask from ~p as many random numbers; CPU only, where random numbers are slow)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (dynamic shapes; CPU and GPU). The first steps "
+        "are slow while it compiles."
     )
     train_on_prompt: bool = Field(False, description="sft: also compute the loss on prompt tokens.")
     kernels: Literal["none", "liger", "unsloth"] = Field(

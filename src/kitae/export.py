@@ -91,7 +91,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
     check_writable_folder(out_dir, {"the run being exported": run_dir}, is_own=own, what="export folder")
     if own and not overwrite:
         raise RunDirError(f"{out_dir}: already holds a kitae export; pass --overwrite to replace it")
-    clf = load(run_dir, device="cpu", trust_remote_code=trust_remote_code)
+    # Unmerged: the adapter is what an adapter export saves; a merged export merges below.
+    clf = load(run_dir, device="cpu", trust_remote_code=trust_remote_code, merge=False)
     generator = hasattr(clf, "generate")
     meta = read_json(run_dir / MODEL_DIR / META_FILE)
     plan = None

@@ -89,16 +89,16 @@ class Classifier:
     """A trained run, loaded for inference: `kitae.load(run_dir)`."""
 
     def __init__(self, run_dir: Path, device: str = "auto", batch_size: int = 32,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, merge: bool = True) -> None:
         from kitae.export import is_kitae_export
 
         if is_kitae_export(Path(run_dir)):  # an exported folder (merged, vllm, tei, onnx) serves too
             self.run_dir = Path(run_dir)
-            model, tokenizer, meta, plan = load_classifier(self.run_dir, device, trust_remote_code)
+            model, tokenizer, meta, plan = load_classifier(self.run_dir, device, trust_remote_code, merge)
             saved = self.run_dir / EXPORT_CONFIG
         else:
             self.run_dir = require_finished_run(Path(run_dir))
-            model, tokenizer, meta, plan = load_classifier(self.run_dir / MODEL_DIR, device, trust_remote_code)
+            model, tokenizer, meta, plan = load_classifier(self.run_dir / MODEL_DIR, device, trust_remote_code, merge)
             saved = self.run_dir / "config.yaml"
         self.model, self.tokenizer, self.meta, self.plan = model, tokenizer, meta, plan
         self.config = read_saved_config(saved) if saved.is_file() else None
@@ -299,10 +299,12 @@ def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
-         trust_remote_code: bool = False) -> Any:
+         trust_remote_code: bool = False, merge: bool = True) -> Any:
     """Load a finished run: a `Classifier` for classification runs, a `kitae.generator.Generator`
-    for sft and causal_lm runs. `trust_remote_code=True` lets the base model run code from the
-    hub; it is never taken from the run directory (which may come from anyone)."""
+    for sft and causal_lm runs. A classifier's LoRA adapter is merged into the weights for speed
+    (`merge=False` keeps the adapter layers, e.g. to save the adapter again).
+    `trust_remote_code=True` lets the base model run code from the hub; it is never taken from
+    the run directory (which may come from anyone)."""
     from kitae.export import is_kitae_export
 
     if is_kitae_export(Path(run_dir)):
@@ -311,7 +313,7 @@ def load(run_dir: str | Path, device: str = "auto", batch_size: int | None = Non
             raise RunDirError(f"{run_dir}: an exported causal LM loads with transformers / PEFT (its README says "
                               "how); kitae.load reads run directories and exported classifiers")
         return Classifier(Path(run_dir), device=device, batch_size=batch_size or 32,
-                          trust_remote_code=trust_remote_code)
+                          trust_remote_code=trust_remote_code, merge=merge)
     run_dir = require_finished_run(Path(run_dir))
     task = read_json(run_dir / MODEL_DIR / "kitae_model.json").get("task", "single_label")
     if task in TASKS and get_task_class(task).kind == "generator":
@@ -319,4 +321,5 @@ def load(run_dir: str | Path, device: str = "auto", batch_size: int | None = Non
 
         return Generator.from_run(run_dir, device=device, batch_size=batch_size or 8,
                                   trust_remote_code=trust_remote_code)
-    return Classifier(run_dir, device=device, batch_size=batch_size or 32, trust_remote_code=trust_remote_code)
+    return Classifier(run_dir, device=device, batch_size=batch_size or 32, trust_remote_code=trust_remote_code,
+                      merge=merge)

@@ -167,11 +167,29 @@ class TrainBatches:
         return len(self.epoch(epoch))
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Batches for inference: longest first, so similar lengths share a batch (order is undone
-    by the caller, which writes results back by index)."""
+def eval_batches(lengths: np.ndarray, batch_size: int, token_budget: int | None = None) -> list[np.ndarray]:
+    """Batches for inference, longest first (the caller writes results back by index).
+
+    With a `token_budget`, a batch takes as many examples as fit it, counted padded (examples x
+    the batch's longest): short texts go many to a batch, long ones few, and no batch costs more
+    than the budget (an example longer than it goes alone). Without one: `batch_size` each.
+
+    >>> [b.tolist() for b in eval_batches(np.array([2, 9, 3, 8, 2]), 2)]
+    [[1, 3], [2, 0], [4]]
+    >>> [b.tolist() for b in eval_batches(np.array([2, 9, 3, 8, 2]), 2, token_budget=18)]
+    [[1, 3], [2, 0, 4]]
+    """
     order = np.argsort(-lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if token_budget is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)  # sorted: the first is the longest
+        size = max(1, token_budget // longest)
+        batches.append(order[start:start + size])
+        start += size
+    return batches
 
 
 def collate(input_ids: Sequence[list[int]], pad_token_id: int, padding_side: str = "right",
@@ -188,6 +206,53 @@ def collate(input_ids: Sequence[list[int]], pad_token_id: int, padding_side: str
         if types is not None:
             types[b, span] = torch.tensor(token_type_ids[b])
     batch = {"input_ids": ids, "attention_mask": mask, "pool_positions": last_token_positions(mask)}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+def collate_packed(input_ids: Sequence[list[int]], pad_token_id: int,
+                   token_type_ids: Sequence[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Several sequences per row, no padding between them: the sequences of one batch packed
+    best-fit into rows as wide as the longest of them (so a row's attention costs no more than
+    that sequence's alone), then right-padded to the fullest row.
+
+    Returns `input_ids`, `position_ids` restarting at 0 for every sequence (and for the padding
+    at a row's end, a segment of its own), `segment_ids` (the sequence each token belongs to,
+    -1 for padding), and for each sequence in input order its row (`pool_rows`) and last token
+    (`pool_positions`); `token_type_ids` for pairs.
+
+    >>> batch = collate_packed([[5, 6, 7], [8], [9, 4]], pad_token_id=0)
+    >>> batch["input_ids"].tolist(), batch["position_ids"].tolist()
+    ([[5, 6, 7], [9, 4, 8]], [[0, 1, 2], [0, 1, 0]])
+    >>> batch["segment_ids"].tolist(), batch["pool_rows"].tolist(), batch["pool_positions"].tolist()
+    ([[0, 0, 0], [2, 2, 1]], [0, 1, 1], [2, 2, 1])
+    """
+    from kitae.data.packing import pack
+
+    lengths = [len(row) for row in input_ids]
+    rows = pack(lengths, max(lengths))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    types = torch.zeros((len(rows), width), dtype=torch.long) if token_type_ids is not None else None
+    pool_rows = torch.zeros(len(input_ids), dtype=torch.long)
+    pool_positions = torch.zeros(len(input_ids), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            end = start + lengths[i]
+            ids[r, start:end] = torch.tensor(input_ids[i])
+            positions[r, start:end] = torch.arange(lengths[i])
+            segments[r, start:end] = i
+            if types is not None:
+                types[r, start:end] = torch.tensor(token_type_ids[i])
+            pool_rows[i], pool_positions[i] = r, end - 1
+            start = end
+        positions[r, start:] = torch.arange(width - start)
+    batch = {"input_ids": ids, "position_ids": positions, "segment_ids": segments,
+             "pool_rows": pool_rows, "pool_positions": pool_positions}
     if types is not None:
         batch["token_type_ids"] = types
     return batch

@@ -32,8 +32,10 @@ def _prepare(hf_model: PreTrainedModel, adapter: AdapterConfig, gradient_checkpo
 
 
 def apply_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, head_name: str,
-                  new_modules: list[str], gradient_checkpointing: bool = False) -> nn.Module:
-    """Return the module to train: a PeftModel for lora/qlora, the model itself for full."""
+                  new_modules: list[str], gradient_checkpointing: bool = False,
+                  sparse_dropout: bool = False) -> nn.Module:
+    """Return the module to train: a PeftModel for lora/qlora, the model itself for full.
+    `sparse_dropout`: LoRA dropout drawn as positions (`kitae.models.dropout`)."""
     hf_model = _prepare(hf_model, adapter, gradient_checkpointing)
     if adapter.type == "full":
         return hf_model
@@ -52,11 +54,19 @@ def apply_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, head_name: 
         # Freshly initialised modules are trained in full; LoRA on a random frozen matrix is useless.
         exclude_modules=fresh or None,
     )
-    return get_peft_model(hf_model, lora_config)
+    return _with_dropout(get_peft_model(hf_model, lora_config), sparse_dropout)
+
+
+def _with_dropout(peft_model: nn.Module, sparse: bool) -> nn.Module:
+    if sparse:
+        from kitae.models.dropout import use_sparse_dropout
+
+        use_sparse_dropout(peft_model)
+    return peft_model
 
 
 def apply_lm_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, tokenizer_path: str,
-                     gradient_checkpointing: bool = False) -> nn.Module:
+                     gradient_checkpointing: bool = False, sparse_dropout: bool = False) -> nn.Module:
     """The module to train for a causal LM: a PeftModel (LoRA / DoRA / QLoRA adapters on every
     linear layer, or a prompt-tuning soft prompt), or the model itself for full fine-tuning. The
     pretrained LM head stays as it is (PEFT's all-linear leaves it out)."""
@@ -77,7 +87,7 @@ def apply_lm_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, tokenize
     lora_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=adapter.r, lora_alpha=adapter.alpha,
                              lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
                              use_dora=adapter.dora)
-    return get_peft_model(hf_model, lora_config)
+    return _with_dropout(get_peft_model(hf_model, lora_config), sparse_dropout)
 
 
 # The projections Unsloth's fast LoRA path patches (it takes explicit names, not "all-linear").

