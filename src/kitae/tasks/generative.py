@@ -115,6 +115,11 @@ class GenerativeTask(Task):
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(**batch.inputs)
 
+    def batch_loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        # Through forward (not token_loss) so a DDP / FSDP wrapper sees the call.
+        total, tokens = model(**batch.inputs, reduction="sum")
+        return total, tokens.detach().float().cpu()
+
     # --- evaluation -----------------------------------------------------------------------
     def generates(self, final: bool) -> bool:
         """Whether an evaluation generates text (sft at the end, and every epoch when asked)."""
