@@ -103,7 +103,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(one_process, tw
     assert (summary["effective_batch_size"], summary["world_size"]) == (8, 2)
     assert json.loads((two / "run.json").read_text(encoding="utf-8"))["world_size"] == 2
     # The effective batch size is printed (the log goes to stderr).
-    assert "effective batch size 8: batch_size 4 per device x grad_accum 1 x 2 processes" in done.stderr
+    printed = " ".join(done.stderr.split())  # rich wraps the console lines
+    assert "effective batch size 8: batch_size 4 per device x grad_accum 1 x 2 processes" in printed
+    assert done.stdout.count("metrics (selected model)") == 1  # rank 0 alone reports
 
 
 def test_every_example_is_predicted_once_and_only_rank_0_writes(setup, one_process, two_processes):
@@ -117,7 +119,7 @@ def test_every_example_is_predicted_once_and_only_rank_0_writes(setup, one_proce
         assert sum(map(sum, got["confusion_matrix"])) == SIZES[split]
     log = (two / "train.log").read_text(encoding="utf-8").splitlines()
     assert sum("effective batch size" in line for line in log) == 1
-    assert sum(" epoch 2: " in line for line in log) == 1
+    assert sum("epoch 2: train_loss" in line for line in log) == 1
     assert len([line for line in log if "training: " in line]) == 1
     assert [p.name for p in two.glob("*.log")] == ["train.log"]
     assert not (two / "checkpoints").exists()
@@ -171,3 +173,27 @@ def test_a_two_process_checkpoint_resumes_in_one_process(setup, one_process):
     assert "the checkpoint was written by 2 processes, this run has 1" in log
     summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["summary"]
     assert (summary["effective_batch_size"], summary["world_size"], resumed.best_epoch) == (8, 1, 2)
+
+
+def test_accelerate_command_line():
+    command = accelerate_command(["c.yaml", "--resume"], 2, "--config_file fsdp.yaml --num_machines 2")
+    assert command[1:] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file", "fsdp.yaml",
+                           "--num_machines", "2", "-m", "kitae", "train", "c.yaml", "--resume"]
+
+
+@pytest.mark.parametrize("balance", [{}, {"class_weights": "balanced"}, {"loss": "focal"},
+                                     {"class_weights": "balanced", "loss": "focal"}])
+def test_loss_sums_add_up_to_the_batch_mean(setup, balance):
+    """Split a batch in two: the summed parts over the summed weights are the whole batch's mean
+    (class-weighted and focal means included), which is what ranks add up."""
+    import torch
+
+    from kitae.tasks import get_task_class
+
+    cfg = config_from_dict({**_config(setup, setup["root"] / "unused"), "balance": balance})
+    task = get_task_class(cfg.task)(cfg, ["a", "b", "c"])
+    task.fit_train([0, 0, 0, 1, 2, 2])
+    logits, targets = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 0, 1, 2, 2, 0])
+    parts = [task.loss_sum(logits[:4], targets[:4]), task.loss_sum(logits[4:], targets[4:])]
+    total, weight = (sum(p[i] for p in parts) for i in (0, 1))
+    assert float(total / weight) == pytest.approx(float(task.loss(logits, targets)), rel=1e-6)
