@@ -158,8 +158,10 @@ class GenerativeTask(Task):
         prompts = [ids[:length] for (ids, _), length in zip(split.examples, split.prompt_lengths)]
         settings = self.config.generation
         batch_size = settings.batch_size or self.config.training.eval_batch_size or self.config.training.batch_size
+        from kitae.training.distributed import is_main_process
+
         return generate(model.generator, self.tokenizer, prompts, settings, plan, self.eos_token_ids, batch_size,
-                        progress=len(prompts) > batch_size, desc=f"generate {split.name}")
+                        progress=len(prompts) > batch_size and is_main_process(), desc=f"generate {split.name}")
 
     def outputs_are_final(self, outputs: dict[str, Any]) -> bool:
         return not self.generates(final=True) or outputs.get("generations") is not None

@@ -47,6 +47,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def is_main_process() -> bool:
+    """Rank 0, or no launcher (what progress bars outside the loop ask)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 @dataclass
 class Distributed:
     """One process of a multi-process run: its rank, the world, and accelerate's Accelerator."""
