@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -146,8 +146,20 @@ class Distributed:
         return share, global_sum / max(global_weight, 1e-12), int(global_tokens)
 
     # --- the model ------------------------------------------------------------------------------
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
-        """The model and optimizer wrapped as accelerate's config says (DDP, FSDP, ZeRO)."""
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                probe_loss: Callable[[], torch.Tensor] | None = None) -> tuple[nn.Module, Any]:
+        """The model and optimizer wrapped as accelerate's config says (DDP, FSDP, ZeRO).
+
+        `probe_loss` (one small batch's loss) finds trainable parameters no loss reaches (e.g. a
+        fresh BERT pooler under mean pooling): DDP then has to look for unused parameters every
+        step, which it does only when there are some (the search costs a graph walk per step)."""
+        if probe_loss is not None and self.kind in ("MULTI_GPU", "MULTI_CPU"):
+            unused = unused_parameters(model, probe_loss)
+            if unused:
+                from accelerate.utils import DistributedDataParallelKwargs
+
+                logger.debug("trainable parameters without a gradient: %s", ", ".join(unused[:5]))
+                self.accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.wrapped, optimizer = self.accelerator.prepare(model, optimizer)
         return self.wrapped, optimizer
 
@@ -276,6 +288,22 @@ def evaluate(task: Any, model: nn.Module, split: Any, plan: Any, batch_size: int
         out[indices] = logits
     assert out is not None
     return out
+
+
+def unused_parameters(model: nn.Module, probe_loss: Callable[[], torch.Tensor]) -> list[str]:
+    """Trainable parameters one backward pass leaves without a gradient. Leaves no trace: the
+    gradients are cleared and the random generators restored (a dropout draw must not shift
+    the run)."""
+    from kitae.training.checkpoint import rng_state, set_rng_state
+
+    saved = rng_state()
+    try:
+        probe_loss().backward()
+        unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        model.zero_grad(set_to_none=True)
+        set_rng_state(saved)
+    return unused
 
 
 def subset_split(split: Any, indices: np.ndarray) -> Any:

@@ -113,7 +113,11 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
         logger.info("no checkpoint found in %s: starting from the beginning", checkpoint_dir)
     raw_model = model  # evaluation and checkpoints read the module itself, not a DDP / FSDP wrapper
     if dist is not None:
-        model, optimizer = dist.prepare(model, optimizer)
+        def probe_loss() -> torch.Tensor:
+            with autocast(plan):
+                return task.batch_loss(raw_model, task.batch(train, sampler.epoch(0)[0][:1], device))
+
+        model, optimizer = dist.prepare(model, optimizer, probe_loss)
 
     info = {"examples": len(train), "epochs": training.epochs, "batch_size": training.batch_size,
             "grad_accum": training.grad_accum,
