@@ -50,6 +50,7 @@ from kitae.runs import (
     write_text_atomic,
 )
 from kitae.tasks.base import Task
+from kitae.training import distributed
 from kitae.training.callbacks import (
     Callback,
     EpochLogger,
@@ -92,11 +93,27 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
     if config_file is not None:
         config = load_config(config_file, overrides)
     assert isinstance(config, RunConfig)
+    # Under `accelerate launch` every process runs this; one device each (cuda:<local_rank>).
+    dist = distributed.setup(config.training.device)
+    try:
+        return _train_run(config, config_file, dist, overwrite, resume, callbacks, progress, evaluate_test)
+    except BaseException:
+        distributed.teardown(wait=False)  # another rank may be gone: no last barrier
+        raise
+    finally:
+        distributed.teardown()
+
+
+def _train_run(config: RunConfig, config_file: Path | None, dist: distributed.Distributed | None, overwrite: bool,
+               resume: bool, callbacks: list[Callback] | None, progress: bool | None,
+               evaluate_test: bool) -> TrainResult:
+    main = dist is None or dist.is_main
     # Everything that can be checked is checked before the run directory is touched: the data,
     # what the hardware can do (e.g. QLoRA without CUDA), the model name, its tokenizer and config,
-    # and the tokenised inputs (e.g. an SFT prompt longer than model.max_length).
+    # and the tokenised inputs (e.g. an SFT prompt longer than model.max_length). Every rank
+    # checks, so a bad config fails alike (exit code 2) on each.
     task, examples = prepare_data(config)
-    plan = plan_precision(probe_caps(config.training.device), config.model.dtype,
+    plan = plan_precision(probe_caps(dist.device if dist is not None else config.training.device), config.model.dtype,
                           config.model.attn_implementation, config.adapter.type, config.training.kernels)
     source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
     backbone = load_backbone(source, config.model)
@@ -106,24 +123,40 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
 
     check_trackers(config.tracking.report_to)
 
-    run_dir, lock, replaced = _open_run_dir(config, _inputs(config, config_file), overwrite=overwrite,
-                                            resume=resume)
-    detach_log = attach_run_log(run_dir / "train.log")
+    if dist is None:
+        run_dir, lock, replaced = _open_run_dir(config, _inputs(config, config_file), overwrite=overwrite,
+                                                resume=resume)
+    else:
+        # Rank 0 alone opens (and locks) the run directory; its refusal is raised on every rank.
+        opened = dist.run_on_main(lambda: _open_run_dir(config, _inputs(config, config_file),
+                                                        overwrite=overwrite, resume=resume))
+        run_dir, lock, replaced = opened if dist.is_main else (Path(config.output), None, None)
+        if dist.is_main and not resume:
+            # --resume compares config.yaml, which holds no world size: run.json records the one
+            # the run started with (its global batch is batch_size x that).
+            update_run_info(run_dir, world_size=dist.world_size)
+    detach_log = attach_run_log(run_dir / "train.log") if main else (lambda: None)
     started = time.time()
     # A resumed run's wall time adds up over its sessions (a SIGKILLed session's time is not known).
     earlier_seconds = float((run_info(run_dir) or {}).get("wall_seconds") or 0.0) if resume else 0.0
-    watchers = list(callbacks or [])
+    # Callbacks (progress, history, trackers, a sweep's pruner) watch rank 0; the loop shares
+    # what they decide with the other ranks.
+    watchers = list(callbacks or []) if main else []
     if replaced is not None:
         logger.info("the run it replaces is kept at %s until this one has trained its first step",
                     replaced.aside)
         watchers.insert(0, _DiscardReplacedRun(run_dir, replaced))
-    watchers += make_trackers(config, run_dir)
+    if main:
+        watchers += make_trackers(config, run_dir)
     try:
         result = _train(config, task, examples, splits, plan, backbone, run_dir, resume, watchers, progress,
                         evaluate_test)
     except BaseException as exc:
         from kitae.training.loop import TrainingInterrupted
 
+        if not main:
+            detach_log()
+            raise
         interrupted = isinstance(exc, KeyboardInterrupt | TrainingInterrupted)
         update_run_info(run_dir, status="interrupted" if interrupted else "failed",
                         wall_seconds=round(earlier_seconds + time.time() - started, 1))
@@ -138,7 +171,10 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
         raise
     finally:
         detach_log()
-        lock.release()
+        if lock is not None:
+            lock.release()
+    if not main:
+        return result
     status = result.stop_reason if result.stop_reason not in (None, "early_stopping") else "finished"
     update_run_info(run_dir, status=status, wall_seconds=round(earlier_seconds + time.time() - started, 1))
     metrics = read_json(run_dir / "metrics.json")
@@ -174,7 +210,10 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
            plan: PrecisionPlan, backbone: Backbone, run_dir: Path, resume: bool, callbacks: list[Callback],
            progress: bool | None, evaluate_test: bool = True) -> TrainResult:
     training = config.training
-    torch.manual_seed(training.seed)  # head and adapter initialisation
+    dist = distributed.current()
+    main = dist is None or dist.is_main
+    world_size = dist.world_size if dist is not None else 1
+    torch.manual_seed(training.seed)  # head and adapter initialisation (the same on every rank)
 
     # 1. Data (read, checked and tokenised before the run directory was touched).
     logger.info("data: %s examples%s", ", ".join(f"{name} {len(split)}" for name, split in examples.items()),
@@ -200,9 +239,25 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
     watchers: list[Callback] = [ProgressBar(disable=None if progress is None else not progress),
                                 EpochLogger(training.select_metric, task.report_metrics[0]),
                                 HistoryWriter(run_dir, training.select_metric, task.report_metrics[0]), memory]
-    sampler = TrainBatches(splits["train"].lengths, training.batch_size, training.seed,
+    if not main:
+        watchers = []  # only rank 0 shows progress and writes history, steps and memory
+    # training.batch_size is per device: the sampler draws global batches of batch_size x the
+    # world size the run started with, each rank trains on its slice (training.distributed). A
+    # run resumed on another world size keeps its global batches (and so its checkpoint's
+    # counts): each device then takes global / world_size examples.
+    started_world = int((run_info(run_dir) or {}).get("world_size") or 1) if resume else world_size
+    global_batch = training.batch_size * started_world
+    effective_batch_size = global_batch * training.grad_accum
+    if dist is not None or started_world != world_size:
+        per_device = f"{global_batch / world_size:g}"
+        logger.info("effective batch size %d: batch_size %s per device x grad_accum %d x %d processes",
+                    effective_batch_size, per_device, training.grad_accum, world_size)
+        if started_world != world_size:
+            logger.info("the run started on %d processes and resumes on %d: its global batches of %d are kept",
+                        started_world, world_size, global_batch)
+    sampler = TrainBatches(splits["train"].lengths, global_batch, training.seed,
                            training.group_by_length, resample=task.resampler(splits["train"].targets))
-    if sampler.resample is not None:
+    if sampler.resample is not None and main:
         _report_balance(run_dir, task, splits["train"].targets, sampler)
     loop = fit(model, task, splits["train"], splits.get("dev"), training, plan, checkpoint_dir,
                [*watchers, *callbacks], resume=resume, sampler=sampler)
@@ -230,7 +285,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
             continue
         kept = load_best_outputs(best) if name == "dev" and best is not None else None
         outputs[name] = (kept if kept is not None and task.outputs_are_final(kept)
-                         else task.evaluate(model, splits[name], plan, eval_batch, final=True))
+                         else distributed.evaluate(task, model, splits[name], plan, eval_batch, True, dist))
     task.fit_after_training(splits["dev"].targets if "dev" in splits else None, outputs.get("dev"))
     if "dev" in outputs and (collapse := task.collapse_warning(splits["dev"].targets, outputs["dev"])):
         warnings.append(f"dev: {collapse}: the model has not learned the task. A lower training.lr often helps "
@@ -240,14 +295,19 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
     metrics: dict[str, dict[str, Any]] = {}
     for name, split_outputs in outputs.items():
         metrics[name] = task.metrics(splits[name].targets, split_outputs)
-        task.write_outputs(run_dir, name, splits[name], split_outputs)
+        if main:
+            task.write_outputs(run_dir, name, splits[name], split_outputs)
     summary = {"selected_epoch": loop.best_epoch if best is not None else len(loop.history), "select_metric": training.select_metric,
                "epochs_run": len(loop.history), "stopped_early": loop.stopped_early, "stop_reason": loop.stop_reason,
                "test": "evaluated" if "test" in outputs else
                ("not evaluated (selection must not see it)" if "test" in splits else "no test split"),
                "train_seconds": round(loop.train_seconds, 2),
                "train_examples": len(examples["train"]), "truncated": {n: s.truncated for n, s in splits.items()},
+               "effective_batch_size": effective_batch_size, "world_size": world_size,
                **memory.summary(), "warnings": warnings}
+    if not main:
+        # Rank 0 writes the run directory; the others wait for it (teardown's barrier).
+        return TrainResult(run_dir, config.task, metrics, summary["selected_epoch"], outputs, loop.stop_reason)
     write_json(run_dir / "metrics.json", {**metrics, "summary": summary})
     write_json(run_dir / "labels.json", {"task": config.task, "labels": task.labels})
     source = backbone.source

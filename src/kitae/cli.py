@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -79,15 +80,67 @@ def train(
     report_to: Annotated[list[str] | None, typer.Option("--report-to", help="mlflow, tensorboard or wandb "
                                                         "(repeatable): as tracking.report_to.")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    launch: Annotated[str | None, typer.Option(
+        help="accelerate: run on several processes (GPUs, nodes) through `accelerate launch -m kitae train`; "
+             "DDP, FSDP or DeepSpeed as accelerate's config says. training.batch_size is per device.")] = None,
+    num_processes: Annotated[int | None, typer.Option(
+        help="With --launch: processes in all (default: accelerate's config, else one per GPU).")] = None,
+    launch_args: Annotated[str | None, typer.Option(
+        help="With --launch: more `accelerate launch` arguments, one string "
+             "(e.g. '--config_file fsdp.yaml --num_machines 2 --machine_rank 0 --main_process_ip 10.0.0.1').")] = None,
 ) -> None:
     """Train, select the best epoch on dev, evaluate on test, write the run directory."""
+    if launch is not None or num_processes is not None or launch_args is not None:
+        from kitae.errors import ConfigError
+
+        if launch != "accelerate":
+            raise ConfigError("--launch: the one launcher is 'accelerate' (--num-processes and --launch-args "
+                              "go with it)")
+        own = [str(config), *[f"--set={item}" for item in set_ or []], *(["--resume"] if resume else []),
+               *(["--overwrite"] if overwrite else []), *[f"--report-to={t}" for t in report_to or []],
+               *(["--verbose"] if verbose else [])]
+        import subprocess
+
+        command = accelerate_command(own, num_processes, launch_args)
+        console.print(f"launching: {' '.join(command[2:])}", highlight=False, soft_wrap=True)
+        raise typer.Exit(subprocess.call(command))
     from kitae.api import train as train_run
 
     _setup_logging(verbose)
     overrides = [*(set_ or []), *([f"tracking.report_to=[{', '.join(report_to)}]"] if report_to else [])]
     result = train_run(config, overrides=overrides, resume=resume, overwrite=overwrite)
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return  # under accelerate launch, rank 0 alone reports
     _print_metrics(result.metrics, result.task)
     console.print(f"run directory: [bold]{result.run_dir}[/bold] (selected epoch {result.best_epoch})")
+
+
+def accelerate_command(train_args: list[str], num_processes: int | None, launch_args: str | None) -> list[str]:
+    """`accelerate launch [options] -m kitae train ARGS` (as a python -m command line).
+
+    Without an accelerate config (`accelerate config`), a --config_file or a mode flag in
+    `launch_args`, several processes mean DDP (accelerate's --multi_gpu, gloo on a CPU machine)."""
+    import os
+    import shlex
+
+    from kitae.errors import ConfigError
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ConfigError("--launch: this process was itself started by a launcher; run `kitae train CONFIG` there")
+    if num_processes is not None and num_processes < 1:
+        raise ConfigError(f"--num-processes: at least 1 (got {num_processes})")
+    extra = shlex.split(launch_args or "")
+    options = [*(["--num_processes", str(num_processes)] if num_processes is not None else []), *extra]
+    modes = {"--multi_gpu", "--cpu", "--tpu", "--use_fsdp", "--use_deepspeed", "--use_megatron_lm", "--config_file"}
+    if (num_processes or 1) > 1 and not modes & {o.split("=")[0] for o in extra} and not _accelerate_config_exists():
+        options.insert(0, "--multi_gpu")
+    return [sys.executable, "-m", "accelerate.commands.launch", *options, "-m", "kitae", "train", *train_args]
+
+
+def _accelerate_config_exists() -> bool:
+    from accelerate.commands.config.config_args import default_config_file
+
+    return Path(default_config_file).is_file()
 
 
 @app.command()

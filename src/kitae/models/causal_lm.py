@@ -86,9 +86,12 @@ class CausalLM(nn.Module):
         loss = F.cross_entropy(logits.float(), targets[taken], reduction="sum")
         return loss, taken.sum()
 
-    def forward(self, **inputs: Any) -> torch.Tensor:
-        """The mean token loss of a batch (input_ids, labels, position_ids or attention_mask)."""
+    def forward(self, reduction: str = "mean", **inputs: Any) -> Any:
+        """The mean token loss of a batch (input_ids, labels, position_ids or attention_mask);
+        with reduction="sum", (summed token loss, labelled tokens)."""
         total, count = self.token_loss(**inputs)
+        if reduction == "sum":
+            return total, count
         return total / count.clamp(min=1)
 
     @property

@@ -132,6 +132,14 @@ class Task(ABC):
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The scalar loss of one batch (called under the plan's autocast)."""
 
+    def batch_loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss sum, weight) of one batch, its mean being sum / weight: what lets several
+        processes, each holding part of a global batch, add up that batch's exact mean (weight:
+        examples, summed class weights or labelled tokens). Default: the batch mean is a plain
+        mean over examples."""
+        count = torch.tensor(float(batch.examples))
+        return self.batch_loss(model, batch) * batch.examples, count
+
     # --- evaluation -----------------------------------------------------------------------
     @abstractmethod
     def evaluate(self, model: nn.Module, split: Any, plan: PrecisionPlan, batch_size: int,

@@ -78,6 +78,11 @@ class ClassificationTask(Task):
     @abstractmethod
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum, weight) with `loss` = sum / weight (multi-process training adds them up over
+        ranks). Default: `loss` is a plain mean over examples."""
+        return self.loss(logits, targets) * len(logits), torch.tensor(float(len(logits)))
+
     @abstractmethod
     def probabilities(self, logits: np.ndarray) -> np.ndarray: ...
 
@@ -138,6 +143,11 @@ class ClassificationTask(Task):
         # (examples, group_size x outputs): a no-op unless examples are groups.
         logits = model(**inputs).view(batch.examples, -1)
         return self.loss(logits, targets)
+
+    def batch_loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = dict(batch.inputs)
+        targets = inputs.pop("targets")
+        return self.loss_sum(model(**inputs).view(batch.examples, -1), targets)
 
     def evaluate(self, model: nn.Module, split: EncodedSplit, plan: PrecisionPlan, batch_size: int,
                  final: bool = True) -> np.ndarray:

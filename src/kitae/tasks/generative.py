@@ -116,6 +116,11 @@ class GenerativeTask(Task):
     def batch_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(**batch.inputs)
 
+    def batch_loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        # Through forward (not token_loss) so a DDP / FSDP wrapper sees the call.
+        total, tokens = model(**batch.inputs, reduction="sum")
+        return total, tokens.detach().float().cpu()
+
     # --- evaluation -----------------------------------------------------------------------
     def generates(self, final: bool) -> bool:
         """Whether an evaluation generates text (sft at the end, and every epoch when asked)."""
@@ -154,8 +159,10 @@ class GenerativeTask(Task):
         prompts = [ids[:length] for (ids, _), length in zip(split.examples, split.prompt_lengths)]
         settings = self.config.generation
         batch_size = settings.batch_size or self.config.training.eval_batch_size or self.config.training.batch_size
+        from kitae.training.distributed import is_main_process
+
         return generate(model.generator, self.tokenizer, prompts, settings, plan, self.eos_token_ids, batch_size,
-                        progress=len(prompts) > batch_size, desc=f"generate {split.name}")
+                        progress=len(prompts) > batch_size and is_main_process(), desc=f"generate {split.name}")
 
     def outputs_are_final(self, outputs: dict[str, Any]) -> bool:
         return not self.generates(final=True) or outputs.get("generations") is not None

@@ -217,6 +217,15 @@ class MultiLabelTask(ClassificationTask):
             return ((1 - p_true) ** self.config.balance.focal_gamma * bce).mean()
         return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
 
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight, reduction="none")
+        if self.config.balance.loss == "focal":
+            p = torch.sigmoid(logits.float())
+            p_true = p * targets + (1 - p) * (1 - targets)
+            bce = (1 - p_true) ** self.config.balance.focal_gamma * bce
+        return bce.sum(), torch.tensor(float(bce.numel()))  # the mean is over every (example, label)
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return torch.sigmoid(torch.from_numpy(logits).double()).numpy()
 

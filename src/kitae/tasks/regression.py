@@ -90,6 +90,9 @@ class RegressionTask(ClassificationTask):
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits.float(), targets)
 
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.mse_loss(logits.float(), targets, reduction="sum"), torch.tensor(float(targets.numel()))
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """The predicted values, in the targets' own scale."""
         return logits.astype(np.float64) * self.std + self.mean

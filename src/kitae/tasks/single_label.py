@@ -169,6 +169,18 @@ class SingleLabelTask(ClassificationTask):
             return ((1 - p_true) ** self.config.balance.focal_gamma * ce).mean()
         return F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=smoothing)
 
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        smoothing = self.config.training.label_smoothing
+        if self.config.balance.loss == "focal":
+            ce = F.cross_entropy(logits.float(), targets, weight=weight, reduction="none", label_smoothing=smoothing)
+            p_true = torch.softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+            return ((1 - p_true) ** self.config.balance.focal_gamma * ce).sum(), torch.tensor(float(len(targets)))
+        # A class-weighted mean divides by the targets' summed weights, not the example count.
+        total = F.cross_entropy(logits.float(), targets, weight=weight, reduction="sum", label_smoothing=smoothing)
+        count = torch.tensor(float(len(targets))) if weight is None else weight[targets].sum().detach().cpu()
+        return total, count
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
 

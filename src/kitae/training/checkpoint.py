@@ -108,6 +108,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class Resumed:
     loop: LoopState
     folder: Path
+    world_size: int = 1  # how many processes wrote the checkpoint
 
 
 class CheckpointStore:
@@ -127,8 +128,14 @@ class CheckpointStore:
         return self.root / json.loads(pointer.read_text(encoding="utf-8"))["last"]
 
     def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             scaler: torch.amp.GradScaler | None) -> Resumed | None:
-        """Restore the last commit into the model, optimizer, scheduler, scaler and RNGs."""
+             scaler: torch.amp.GradScaler | None, rank: int = 0, world_size: int = 1,
+             seed: int = 0) -> Resumed | None:
+        """Restore the last commit into the model, optimizer, scheduler, scaler and RNGs.
+
+        A checkpoint holds every rank's RNG streams (`rng_by_rank`, multi-process runs): the same
+        world size takes its own rank's back and replays exactly; another world size re-seeds
+        every rank from (seed, epoch, step, rank) — the batches are the same global batches, but
+        dropout draws differ from an uninterrupted run."""
         folder = self.last_folder()
         if folder is None:
             return None
@@ -138,8 +145,15 @@ class CheckpointStore:
         scheduler.load_state_dict(extra["scheduler"])
         if scaler is not None and extra.get("scaler"):
             scaler.load_state_dict(extra["scaler"])
-        set_rng_state(extra["rng"])
-        return Resumed(LoopState(**json.loads((folder / "loop.json").read_text(encoding="utf-8"))), folder)
+        loop = LoopState(**json.loads((folder / "loop.json").read_text(encoding="utf-8")))
+        saved_world = int(extra.get("world_size", 1))
+        if saved_world == world_size:
+            set_rng_state(extra["rng_by_rank"][rank] if "rng_by_rank" in extra else extra["rng"])
+        else:
+            from kitae.training.distributed import reseed
+
+            reseed(seed, loop.epoch, loop.global_step, rank)
+        return Resumed(loop, folder, saved_world)
 
     def best_folder(self, loop: LoopState) -> Path | None:
         return None if loop.best_checkpoint is None else self.root / loop.best_checkpoint
@@ -147,13 +161,16 @@ class CheckpointStore:
     # writing ----------------------------------------------------------------------------------
     def commit(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                scaler: torch.amp.GradScaler | None, loop: LoopState, rng: dict[str, Any],
-               best_dev_outputs: Any = None, new_best: bool = False) -> None:
+               best_dev_outputs: Any = None, new_best: bool = False,
+               weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None,
+               rng_by_rank: list[dict[str, Any]] | None = None) -> None:
         """Write `loop` (and, with `new_best`, the current weights and the dev outputs as the best
         ones, which `loop.best_checkpoint` is set to name) and switch the pointer to it in one
-        rename."""
+        rename. A multi-process run passes the gathered full `weights` and `optimizer_state` and
+        every rank's RNG (`rng_by_rank`)."""
         self.root.mkdir(parents=True, exist_ok=True)
         number = 1 + max((_number(p.name) for p in self.root.iterdir()), default=0)
-        weights = trainable_state(model)
+        weights = trainable_state(model) if weights is None else weights
         best = None
         if new_best:
             loop.best_checkpoint = f"best-{number}"
@@ -171,9 +188,12 @@ class CheckpointStore:
             _link_or_copy(best / WEIGHTS, partial / WEIGHTS)  # the same weights: no second write
         else:
             save_file(weights, str(partial / WEIGHTS))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng},
-                   partial / "training_state.pt")
+        training_state = {"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                          "scheduler": scheduler.state_dict(),
+                          "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng}
+        if rng_by_rank is not None:
+            training_state.update(world_size=len(rng_by_rank), rng_by_rank=rng_by_rank)
+        torch.save(training_state, partial / "training_state.pt")
         (partial / "loop.json").write_text(json.dumps(asdict(loop), ensure_ascii=False), encoding="utf-8")
         last = self._publish(partial)
         write_json(self.root / POINTER, {"last": last.name})  # the commit

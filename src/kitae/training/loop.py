@@ -16,7 +16,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from kitae.models.precision import PrecisionPlan
 from kitae.tasks.base import Task
 from kitae.training.callbacks import Callback, memory_snapshot
 from kitae.training.checkpoint import CheckpointStore, LoopState, rng_state
+from kitae.training.distributed import Distributed, current, evaluate, max_over_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,15 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
     `state` always describes the last optimizer-step boundary, which the weights in memory match:
     it changes only inside `interrupts.deferred()` blocks, together with the weights (optimizer
     step) or the checkpoint (epoch end), so Ctrl-C or SIGTERM can never separate the two.
+
+    On several processes (`kitae.training.distributed`) `sampler` yields global batches of
+    batch_size x world_size, each rank trains on its slice, and `state` counts global batches:
+    a checkpoint does not depend on the world size.
     """
     device = plan.device
-    sampler = sampler or TrainBatches(train.lengths, training.batch_size, training.seed,
+    dist = current()
+    world_size = dist.world_size if dist is not None else 1
+    sampler = sampler or TrainBatches(train.lengths, training.batch_size * world_size, training.seed,
                                       training.group_by_length)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(model, training, plan)
@@ -92,16 +99,30 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
     store = CheckpointStore(checkpoint_dir)
 
     state = LoopState()
-    resumed = store.load(model, optimizer, scheduler, scaler) if resume else None
+    resumed = (store.load(model, optimizer, scheduler, scaler, rank=dist.rank if dist else 0,
+                          world_size=world_size, seed=training.seed) if resume else None)
     if resumed is not None:
         state = resumed.loop
         logger.info("resumed from %s: epoch %d, batch %d, update %d", resumed.folder, state.epoch + 1,
                     state.batches_done, state.global_step)
+        if resumed.world_size != world_size:
+            logger.info("the checkpoint was written by %d processes, this run has %d: the same global batches "
+                        "follow, with random generators re-seeded (not a bit-exact replay)",
+                        resumed.world_size, world_size)
     elif resume:
         logger.info("no checkpoint found in %s: starting from the beginning", checkpoint_dir)
+    raw_model = model  # evaluation and checkpoints read the module itself, not a DDP / FSDP wrapper
+    if dist is not None:
+        def probe_loss() -> torch.Tensor:
+            with autocast(plan):
+                return task.batch_loss(raw_model, task.batch(train, sampler.epoch(0)[0][:1], device))
+
+        model, optimizer = dist.prepare(model, optimizer, probe_loss)
 
     info = {"examples": len(train), "epochs": training.epochs, "batch_size": training.batch_size,
-            "grad_accum": training.grad_accum, "updates": total_updates,
+            "grad_accum": training.grad_accum,
+            **({"processes": world_size} if dist is not None else {}),
+            "effective_batch_size": sampler.batch_size * training.grad_accum, "updates": total_updates,
             "trainable_parameters": sum(p.numel() for p in trainable), "precision": plan.describe(),
             "history": state.history, "global_step": state.global_step}
     for cb in callbacks:
@@ -113,9 +134,12 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
     clock = time.monotonic()
 
     def commit(**best: Any) -> None:
-        store.commit(model, optimizer, scheduler, scaler, state, boundary_rng, **best)
+        if dist is None:
+            store.commit(model, optimizer, scheduler, scaler, state, boundary_rng, **best)
+            return
+        _commit_on_main(dist, store, raw_model, optimizer, scheduler, scaler, state, boundary_rng, **best)
 
-    with Interrupts() as interrupts:
+    with Interrupts(agreed=dist is not None) as interrupts:
         try:
             while state.epoch < training.epochs and not state.stopped_early:
                 batches = sampler.epoch(state.epoch)
@@ -125,25 +149,45 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
                 optimizer.zero_grad(set_to_none=True)
                 pending_loss, pending_batches = 0.0, 0  # batches since the boundary
                 for batch_index in range(state.batches_done, len(batches)):
-                    batch = task.batch(train, batches[batch_index], device)
+                    is_boundary = (batch_index + 1) % training.grad_accum == 0 or batch_index + 1 == len(batches)
+                    indices = batches[batch_index] if dist is None else dist.rank_slice(batches[batch_index])
+                    # An uneven last global batch may leave this rank nothing: it still runs one
+                    # example, at zero loss, to join the gradient all-reduce.
+                    idle = len(indices) == 0
+                    batch = task.batch(train, batches[batch_index][:1] if idle else indices, device)
                     try:
-                        with autocast(plan):
-                            loss = task.batch_loss(model, batch)
-                        scaled = loss / training.grad_accum
-                        (scaler.scale(scaled) if scaler else scaled).backward()
+                        if dist is None:
+                            with autocast(plan):
+                                loss = task.batch_loss(model, batch)
+                            scaled = loss / training.grad_accum
+                            (scaler.scale(scaled) if scaler else scaled).backward()
+                            loss_value = loss.item()
+                        else:
+                            with dist.no_sync(model, sync=is_boundary):
+                                with autocast(plan):
+                                    loss_sum, weight = task.batch_loss_sum(model, batch)
+                                if idle:
+                                    loss_sum, weight = loss_sum * 0.0, weight * 0.0
+                                share, loss_value, _ = dist.global_mean_share(loss_sum, weight,
+                                                                              0 if idle else batch.tokens)
+                                scaled = share / training.grad_accum
+                                dist.backward(scaler.scale(scaled) if scaler else scaled)
                     except (torch.OutOfMemoryError, RuntimeError) as exc:
                         if not _is_out_of_memory(exc):
                             raise
                         raise OutOfMemory(state.epoch, batch_index, batch, largest, training) from None
-                    if batch.tokens > largest[1]:
+                    if batch.tokens > largest[1] and not idle:
                         largest = (batch.examples, batch.tokens)
-                    pending_loss += loss.item()
+                    pending_loss += loss_value
                     pending_batches += 1
 
-                    is_boundary = (batch_index + 1) % training.grad_accum == 0 or batch_index + 1 == len(batches)
                     if is_boundary:
                         with interrupts.deferred():
-                            _optimizer_step(optimizer, scheduler, scaler, trainable, training.max_grad_norm)
+                            if dist is None:
+                                _optimizer_step(optimizer, scheduler, scaler, trainable, training.max_grad_norm)
+                            else:
+                                _optimizer_step(optimizer, scheduler, scaler, trainable, training.max_grad_norm,
+                                                clip_grad_norm=lambda norm: dist.clip_grad_norm(model, norm))
                             state.global_step += 1
                             state.batches_done = batch_index + 1
                             state.epoch_loss_sum += pending_loss
@@ -152,12 +196,19 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
                             boundary_rng = rng_state()
                     step = {"epoch": state.epoch, "batch": batch_index + 1, "global_step": state.global_step,
                             "boundary": is_boundary,
-                            "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "examples": batch.examples,
-                            "tokens": batch.tokens}
+                            "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                            "examples": 0 if idle else batch.examples, "tokens": 0 if idle else batch.tokens}
                     for cb in callbacks:
                         cb.on_step_end(step)
-                    if is_boundary and batch_index + 1 < len(batches) and _checkpoint_due(
-                            training, state.global_step, last_save):
+                    due = is_boundary and batch_index + 1 < len(batches) and _checkpoint_due(
+                        training, state.global_step, last_save)
+                    if dist is not None and is_boundary:
+                        # Every rank stops, or checkpoints, at the same step: a signal or a
+                        # timer seen by one rank is agreed on here.
+                        stop, due = dist.agree([interrupts.pending, due])
+                        if stop:
+                            raise KeyboardInterrupt
+                    if due:
                         with interrupts.deferred():
                             state.train_seconds += time.monotonic() - clock
                             clock = time.monotonic()
@@ -167,8 +218,8 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
                 # The epoch's end: evaluate, then commit the next state (and the best weights)
                 # in one step. An interruption before the commit replays the epoch end on resume.
                 trained = time.monotonic() - clock  # training time only, evaluation excluded
-                outputs, row, improved = _end_of_epoch(model, task, dev, state, training, plan,
-                                                       state.train_seconds + trained)
+                outputs, row, improved = _end_of_epoch(raw_model, task, dev, state, training, plan,
+                                                       state.train_seconds + trained, dist)
                 with interrupts.deferred():
                     state = _next_epoch_state(state, row, improved, training, trained)
                     boundary_rng = rng_state()
@@ -177,6 +228,10 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
                 for cb in callbacks:
                     cb.on_epoch_end(row)
                 reason = next((r for cb in callbacks if (r := cb.stop_requested())), None)
+                if dist is not None:
+                    reason = dist.from_main(reason)  # callbacks (a sweep's pruner) run on rank 0
+                    if dist.agree([interrupts.pending])[0]:
+                        raise KeyboardInterrupt
                 if reason is not None and state.epoch < training.epochs and not state.stopped_early:
                     # A callback ends training (a sweep's pruner): committed, so a resume stops too.
                     logger.info("stopping after epoch %d: %s", state.epoch, reason)
@@ -200,7 +255,8 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
 
 
 def _end_of_epoch(model: nn.Module, task: Task, dev: Any | None, state: LoopState, training: TrainingConfig,
-                  plan: PrecisionPlan, seconds: float) -> tuple[Any, dict[str, Any], bool]:
+                  plan: PrecisionPlan, seconds: float,
+                  dist: Distributed | None = None) -> tuple[Any, dict[str, Any], bool]:
     """Evaluate on dev: (dev outputs, the history row, whether this epoch is the best so far).
     Changes nothing: the caller commits the result."""
     row: dict[str, Any] = {
@@ -212,7 +268,8 @@ def _end_of_epoch(model: nn.Module, task: Task, dev: Any | None, state: LoopStat
     if dev is None:
         improved = True  # no dev data: the last epoch is the selected one
     else:
-        outputs = task.evaluate(model, dev, plan, training.eval_batch_size or 2 * training.batch_size, final=False)
+        outputs = evaluate(task, model, dev, plan, training.eval_batch_size or 2 * training.batch_size,
+                           final=False, dist=dist)
         metrics = task.metrics(dev.targets, outputs)
         row.update({f"dev_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
         current = metrics[training.select_metric]
@@ -221,7 +278,7 @@ def _end_of_epoch(model: nn.Module, task: Task, dev: Any | None, state: LoopStat
                            state.epoch + 1, training.select_metric)
         improved = is_better(training.select_metric, current, state.best_metric)
     row["seconds"] = round(seconds, 2)
-    row.update(memory_snapshot())
+    row.update(max_over_ranks(memory_snapshot(), dist))
     return outputs, row, improved
 
 
@@ -259,11 +316,16 @@ def _make_optimizer(model: torch.nn.Module, training: TrainingConfig, plan: Prec
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-                    trainable: list[torch.nn.Parameter], max_grad_norm: float | None) -> None:
+                    trainable: list[torch.nn.Parameter], max_grad_norm: float | None,
+                    clip_grad_norm: Callable[[float], Any] | None = None) -> None:
+    """`clip_grad_norm`: how a wrapped model clips (FSDP computes the norm over shards)."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        if clip_grad_norm is not None:
+            clip_grad_norm(max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -291,11 +353,16 @@ class Interrupts:
     """Ctrl-C and SIGTERM (`kill PID`) as KeyboardInterrupt — except inside `deferred()` blocks,
     where the signal waits until the block ends. A block holds a change that must happen whole:
     an optimizer step with its counters, a checkpoint commit. (Signals only work in the main
-    thread; elsewhere this does nothing.)"""
+    thread; elsewhere this does nothing.)
 
-    def __init__(self) -> None:
+    `agreed=True` (several processes): a signal never interrupts by itself, it only sets
+    `pending`; the loop agrees on it with the other ranks at the next optimizer-step boundary, so
+    every rank stops at the same step."""
+
+    def __init__(self, agreed: bool = False) -> None:
         self.depth = 0
         self.pending = False
+        self.agreed = agreed
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupts:
@@ -311,7 +378,7 @@ class Interrupts:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.depth:
+        if self.depth or self.agreed:
             self.pending = True
         else:
             raise KeyboardInterrupt
@@ -323,6 +390,20 @@ class Interrupts:
             yield
         finally:
             self.depth -= 1
-        if self.depth == 0 and self.pending:
+        if self.depth == 0 and self.pending and not self.agreed:
             self.pending = False
             raise KeyboardInterrupt
+
+
+def _commit_on_main(dist: Distributed, store: CheckpointStore, model: nn.Module, optimizer: Any, scheduler: Any,
+                    scaler: Any, state: LoopState, rng: dict[str, Any], **best: Any) -> None:
+    """A checkpoint of a multi-process run: the full state gathered (collectively: every rank
+    calls this), written by rank 0 alone with every rank's RNG; the others wait, then learn the
+    name of the best folder rank 0 wrote."""
+    weights = dist.full_trainable_state(model)
+    optimizer_state = dist.full_optimizer_state(optimizer)
+    rng_by_rank = dist.gather_objects(rng)
+    if dist.is_main:
+        store.commit(model, optimizer, scheduler, scaler, state, rng, weights=weights,
+                     optimizer_state=optimizer_state, rng_by_rank=rng_by_rank, **best)
+    state.best_checkpoint = dist.from_main(state.best_checkpoint)
