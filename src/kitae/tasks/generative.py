@@ -88,7 +88,7 @@ class GenerativeTask(Task):
         apply_kernels(hf_model, plan)
         self._add_model_eos(hf_model)
         model = apply_lm_adapter(hf_model, config.adapter, backbone.source.path, config.training.gradient_checkpointing,
-                                 config.training.sparse_dropout)
+                                 config.training.sparse_dropout, config.training.lean_lora)
         lm = CausalLM(model, hf_model, prompt_tuning=config.adapter.type == "prompt_tuning")
         trainable, total = count_parameters(lm)
         logger.info("model: %s (causal LM, adapter %s): %s of %s parameters trainable (%.2f%%)",
