@@ -15,7 +15,7 @@ from kitae.config import config_from_dict
 from kitae.data.batching import EncodedSplit, collate, collate_packed, encode_texts, eval_batches
 from kitae.inference.logits import Batching, predict_logits
 from kitae.models.classifier import SequenceClassifier, choose_packing
-from kitae.models.lean_lora import SparseDropout, use_lean_lora, use_sparse_dropout
+from kitae.models.lean_lora import SparseDropout, use_sparse_dropout
 from kitae.models.precision import plan_precision, probe_caps
 
 TEXTS = ["雨", "今日は晴れで風が強い", "株価が上がる", "肉と魚と米と麺", "晴れ", "風が強く雨も降る一日だった"]
