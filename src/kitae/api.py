@@ -56,6 +56,7 @@ from kitae.training.callbacks import (
     HistoryWriter,
     MemoryMonitor,
     ProgressBar,
+    ProgressFile,
 )
 from kitae.training.checkpoint import CheckpointStore, load_best_outputs, load_weights
 from kitae.training.loop import fit
@@ -118,6 +119,7 @@ def train(config: RunConfig | str | Path, *, overrides: tuple[str, ...] | list[s
                     replaced.aside)
         watchers.insert(0, _DiscardReplacedRun(run_dir, replaced))
     watchers += make_trackers(config, run_dir)
+    watchers.append(ProgressFile(run_dir))  # progress.json: how `kitae ui` (or a script) watches the run
     try:
         result = _train(config, task, examples, splits, plan, backbone, run_dir, resume, watchers, progress,
                         evaluate_test)
