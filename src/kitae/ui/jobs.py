@@ -182,6 +182,7 @@ class Jobs:
 
     def stop(self, name: str) -> int:
         """SIGTERM to the process training run `name`: it saves a checkpoint and exits."""
+        self.run_dir(name)  # refuses names outside RUNS_DIR
         pid = self.running(name)
         if pid is None:
             raise KitaeError(f"run {name}: is not training")

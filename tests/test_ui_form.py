@@ -1,0 +1,119 @@
+"""kitae ui without a browser: the form covers the whole schema (with Japanese), validates as
+`kitae config check` does, round-trips YAML; the routes refuse what they must."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+from typer.testing import CliRunner
+
+from kitae.cli import app as cli
+from kitae.config import RunConfig, config_to_dict, load_config
+from kitae.ui.form import check, form_fields, sections, values_to_config, yaml_to_values
+from kitae.ui.i18n import DESCRIPTIONS_JA, SECTION_TITLES
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytest.importorskip("fastapi")
+
+
+def schema_keys() -> set[str]:
+    """Every leaf key of the config's JSON schema, as a dotted path."""
+    schema = RunConfig.model_json_schema()
+    keys: set[str] = set()
+
+    def walk(properties: dict, prefix: str) -> None:
+        for key, prop in properties.items():
+            ref = prop.get("$ref") or next((a["$ref"] for a in prop.get("anyOf", []) if "$ref" in a), None)
+            if ref:
+                walk(schema["$defs"][ref.split("/")[-1]]["properties"], f"{prefix}{key}.")
+            else:
+                keys.add(f"{prefix}{key}")
+
+    walk(schema["properties"], "")
+    return keys
+
+
+def test_every_schema_key_is_a_field_with_english_and_japanese_help():
+    fields = {f["path"]: f for f in form_fields()}
+    assert set(fields) == schema_keys()
+    assert set(DESCRIPTIONS_JA) == schema_keys(), "every config key needs a Japanese description (kitae/ui/i18n.py)"
+    for path, field in fields.items():
+        assert field["description"]["en"], path
+        assert field["description"]["ja"], path
+    assert {s["section"] for s in sections()} <= set(SECTION_TITLES)
+    assert fields["task"]["kind"] == "choice" and "single_label" in fields["task"]["choices"]
+    assert fields["adapter.type"]["choices"] == ["lora", "qlora", "full", "prompt_tuning"]
+    assert fields["training.epochs"]["kind"] == "int" and fields["training.epochs"]["bounds"] == {"exclusiveMinimum": 0}
+    assert fields["data.train"]["required"] and fields["evaluation.thresholds"]["kind"] == "yaml"
+
+
+def _values(tiny_models, separable_data, tmp_path, **changes) -> dict:
+    values, unknown = yaml_to_values(yaml.safe_dump(tiny_config(tiny_models["llama"], separable_data,
+                                                                tmp_path / "runs" / "a")))
+    assert unknown == []
+    values.update(changes)
+    return values
+
+
+@pytest.mark.parametrize("change", [{"training.epochs": "abc"}, {"training.lr": "-1"}, {"adapter.dropout": "1.5"},
+                                    {"data.train": "missing.jsonl"}, {"task": "multi_labl"},
+                                    {"training.select_metric": "f2"}, {"data.train": ""}])
+def test_a_wrong_value_shows_the_message_of_config_check(tiny_models, separable_data, tmp_path, change):
+    result = check(_values(tiny_models, separable_data, tmp_path, **change), base_dir=tmp_path)
+    assert not result["valid"] and result["errors"]
+    # The same YAML through the CLI prints the same message for the field.
+    path = tmp_path / "form.yaml"
+    path.write_text(result["yaml"], encoding="utf-8")
+    out = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert out.exit_code == 2
+    for error in result["errors"]:
+        assert error["message"] in out.output, (error, out.output)
+    field = next(iter(change))
+    assert any(e["field"] == field for e in result["errors"]), result["errors"]
+
+
+def test_a_valid_form_round_trips_to_the_same_yaml(tiny_models, separable_data, tmp_path):
+    result = check(_values(tiny_models, separable_data, tmp_path), base_dir=tmp_path)
+    assert result["valid"], result["message"]
+    again, unknown = yaml_to_values(result["yaml"])
+    assert unknown == [] and check(again, base_dir=tmp_path)["yaml"] == result["yaml"]
+    # An example loaded into the form makes the same config as the example file itself.
+    example = EXAMPLES / "quickstart.yaml"
+    values, unknown = yaml_to_values(example.read_text(encoding="utf-8"), example.parent)
+    assert unknown == []
+    from kitae.config import config_from_dict
+
+    from_form = config_to_dict(config_from_dict(values_to_config(values), base_dir=tmp_path))
+    assert from_form == config_to_dict(load_config(example))
+    # Keys left at their default stay out of the YAML, as in a hand-written config.
+    assert "warmup_ratio" not in result["yaml"] and result["yaml"].startswith("task: single_label\n")
+
+
+def test_the_routes_guard_the_machine(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from kitae.ui import create_ui_app
+
+    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path))
+    assert client.get("/api/info").status_code == 200
+    assert client.get("/").status_code == 200 and "app.js" in client.get("/").text
+    assert client.get("/static/app.js").status_code == 200
+    # DNS rebinding: a page of another site resolving to 127.0.0.1 is refused.
+    assert client.get("/api/runs", headers={"host": "evil.example:7860"}).status_code == 403
+    # A cross-site form post carries no X-Kitae header.
+    assert client.post("/api/jobs/stop", json={"run": "x"}).status_code == 403
+    headers = {"X-Kitae": "1"}
+    refused = client.post("/api/jobs/stop", json={"run": "../elsewhere"}, headers=headers)
+    assert refused.status_code == 400 and "inside" in refused.json()["error"]
+    refused = client.post("/api/jobs/launch", json={"values": {"task": "single_label"}}, headers=headers)
+    assert refused.status_code == 400 and "data: required key is missing" in refused.json()["error"]
+    assert client.get("/api/run/file", params={"run": "a", "file": "../../etc/passwd"}).status_code == 400
+
+    secured = TestClient(create_ui_app(tmp_path / "runs", token="s" * 24, base_dir=tmp_path, local_only=False))
+    assert secured.get("/api/runs").status_code == 401
+    assert secured.get("/api/runs", headers={"Authorization": f"Bearer {'s' * 24}"}).status_code == 200
+    entered = secured.get(f"/?token={'s' * 24}", follow_redirects=False)
+    assert entered.status_code == 303 and secured.get("/api/runs").status_code == 200  # the cookie it set
