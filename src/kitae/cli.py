@@ -299,7 +299,6 @@ def serve(
 
 
 @app.command()
-@_user_errors
 def ui(
     runs_dir: Annotated[Path, typer.Argument(help="Folder the page finds runs in and creates them in.")] = Path("runs"),
     host: Annotated[str, typer.Option(help="Address to bind; other than localhost, a token is required.")] = "127.0.0.1",
@@ -311,8 +310,14 @@ def ui(
     when the page closes)."""
     from kitae.ui import run_ui
 
-    _setup_logging(False)
-    run_ui(runs_dir, host=host, port=port, token_file=token_file)
+    # Neither _setup_logging nor _user_errors: they import transformers and torch, seconds the
+    # page need not wait for (the training processes it starts import them).
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_ui(runs_dir, host=host, port=port, token_file=token_file)
+    except KitaeError as exc:
+        errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

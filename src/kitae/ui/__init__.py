@@ -53,7 +53,6 @@ def run_ui(runs_dir: str | Path = "runs", host: str = "127.0.0.1", port: int = 7
     app = create_ui_app(runs_dir, token=token, local_only=local)
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
     address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-    logger.warning("kitae ui: runs under %s; open %s (Ctrl-C stops the page, not the training)",
-                   Path(runs_dir).resolve(), address)
-    print(f"kitae ui: open {address}", flush=True)
+    print(f"kitae ui: runs under {Path(runs_dir).resolve()}; open {address}\n"
+          "(Ctrl-C stops the page, not the training it started)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

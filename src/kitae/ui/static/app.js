@@ -2,7 +2,7 @@
 // which is a CLI command; the page keeps no state that the run directories do not.
 "use strict";
 
-const {lineChart} = window.kitaeCharts;
+// lineChart comes from charts.js (loaded first).
 
 // --- language -----------------------------------------------------------------------------
 const TEXT = {
