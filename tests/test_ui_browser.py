@@ -88,6 +88,7 @@ STARTED = time.monotonic()
 def shot(page, name: str, full_page: bool = False) -> None:
     print(f"{time.monotonic() - STARTED:6.1f} s  {name}", file=sys.stderr)  # where the time goes, on failure
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("document.fonts.ready")  # the Japanese web font, before the picture
     page.screenshot(path=str(ARTIFACTS / name), full_page=full_page)
 
 
@@ -146,6 +147,8 @@ def test_create_launch_reopen_stop_resume_watch_compare_try(tiny_models, tmp_pat
 
         checked = CliRunner().invoke(cli, ["config", "check", str(config_file)])
         assert checked.exit_code == 2 and error.inner_text().strip() in checked.output
+        page.evaluate("document.querySelector(\".field[data-path='training.lr']\").scrollIntoView()")
+        shot(page, "1-form-error.png")
         page.fill("[name='training.epochs']", "8")
         page.wait_for_selector("#check-state .ok")
         made = yaml.safe_load(page.inner_text("#yaml-preview"))
@@ -154,6 +157,8 @@ def test_create_launch_reopen_stop_resume_watch_compare_try(tiny_models, tmp_pat
         page.click("#preview-data")
         page.wait_for_selector("#data-preview img")
         assert "kitae data analyze" in page.inner_text("#data-preview")
+        shot(page, "1-data-preview.png")
+        page.evaluate("window.scrollTo(0, 0)")
         shot(page, "1-form.png")
 
         # 2. Launch: a `kitae train` process of its own.
@@ -185,7 +190,7 @@ def test_create_launch_reopen_stop_resume_watch_compare_try(tiny_models, tmp_pat
         live_pid = json.loads((runs / ".kitae-ui" / "jobs" / "live.json").read_text())["pid"]
         page.wait_for_selector("h1 .badge.s-finished", timeout=180_000)
         page.wait_for_selector(".plots img")
-        shot(page, "4-finished.png", full_page=True)
+        shot(page, "4-finished.png")
         metrics = read_json(runs / "live" / "metrics.json")
         assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]
         assert len(read_json(runs / "live" / "progress.json")["epochs_done"]) == 8

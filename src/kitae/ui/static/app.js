@@ -26,7 +26,7 @@ const TEXT = {
     "run.plots": "Reports", "run.config": "Config", "run.try": "Try it", "run.try_hint": "One text per line (a batch).",
     "run.try_pair": "Text A / text B", "run.predict": "Predict", "run.generate": "Generate",
     "run.export": "Export and push", "run.export_btn": "Export", "run.merge": "merge LoRA into the weights",
-    "run.push_btn": "Push to the hub", "run.private": "private", "run.elapsed": "elapsed",
+    "run.push_btn": "Push to the hub", "run.private": "private", "run.elapsed": "elapsed in this process",
     "run.threshold": "threshold", "run.notyet": "Try it once the run has finished.",
     "cmp.title": "Compare runs", "cmp.pick": "Tick runs in the Runs table, or choose them here:", "cmp.go": "Compare",
     "cmp.diff": "Settings that differ", "cmp.metrics": "Metrics", "cmp.curves": "History", "cmp.plots": "Reports",
@@ -54,7 +54,7 @@ const TEXT = {
     "run.plots": "レポート", "run.config": "設定", "run.try": "試す", "run.try_hint": "1 行に 1 テキスト（まとめて予測）。",
     "run.try_pair": "テキスト A / テキスト B", "run.predict": "予測", "run.generate": "生成",
     "run.export": "エクスポートと公開", "run.export_btn": "エクスポート", "run.merge": "LoRA を重みに統合",
-    "run.push_btn": "Hub に push", "run.private": "非公開", "run.elapsed": "経過",
+    "run.push_btn": "Hub に push", "run.private": "非公開", "run.elapsed": "このプロセスの経過",
     "run.threshold": "しきい値", "run.notyet": "ランが終わったら試せます。",
     "cmp.title": "ランの比較", "cmp.pick": "ラン一覧でチェックするか、ここで選んでください:", "cmp.go": "比較",
     "cmp.diff": "異なる設定", "cmp.metrics": "指標", "cmp.curves": "学習履歴", "cmp.plots": "レポート",
@@ -192,7 +192,7 @@ async function renderRuns() {
   const sweeps = data.sweeps.length ? h("section", {class: "card"}, h("h2", {}, t("runs.sweeps")), data.sweeps.map(s => h("div", {class: "sweep"},
     h("h3", {}, s.name),
     h("div", {class: "table-wrap"}, simpleTable(Object.keys(s.rows[0] || {}), s.rows.map(r => Object.values(r)))),
-    h("div", {class: "plots"}, s.plots.map(p => h("img", {src: fileUrl(s.name, p), alt: p, loading: "lazy"})))))) : "";
+    h("div", {class: "plots"}, s.plots.map(p => h("img", {src: fileUrl(s.name, p), alt: p,})))))) : "";
   root.replaceChildren(
     h("section", {class: "card"},
       h("div", {class: "card-head"}, h("h1", {}, t("runs.title")),
@@ -433,7 +433,7 @@ async function renderRun(name) {
       cmd(live ? `kitae train ${run.job ? run.job.config : "CONFIG"}` : (run.commands?.show || ""))),
     metricTable ? h("section", {class: "card"}, h("h2", {}, t("run.metrics")), metricTable) : "",
     wasOpen || (finished ? tryPanel(name, run) : ""),
-    plots.length ? h("section", {class: "card"}, h("h2", {}, t("run.plots")), h("div", {class: "plots"}, plots.map(p => h("figure", {}, h("img", {src: `${fileUrl(name, p)}&v=${run.info?.wall_seconds || ""}`, alt: p, loading: "lazy"}), h("figcaption", {}, p))))) : "",
+    plots.length ? h("section", {class: "card"}, h("h2", {}, t("run.plots")), h("div", {class: "plots"}, plots.map(p => h("figure", {}, h("img", {src: `${fileUrl(name, p)}&v=${run.info?.wall_seconds || ""}`, alt: p,}), h("figcaption", {}, p))))) : "",
     finished ? exportPanel(name) : "",
     run.config_yaml ? h("section", {class: "card"}, h("details", {}, h("summary", {}, t("run.config")), h("pre", {class: "yaml"}, run.config_yaml))) : "");
   if (live) timer = setTimeout(() => renderRun(name).catch(err => toast(err.message, "error")), 1500);
@@ -522,22 +522,31 @@ async function renderCompare(arg) {
   const data = await api("/api/compare", {runs: names});
   const diffs = Object.entries(data.differences);
   const metricRows = Object.entries(data.metrics).filter(([, v]) => v.some(x => x !== null && x !== undefined));
-  const best = values => {
-    const nums = values.map(v => typeof v === "number" ? v : null);
-    return nums;
+  // The best value of a metric row in bold (lower is better for losses and errors).
+  const lowerIsBetter = key => /loss|rmse|mae|mse|hamming|seconds/.test(key);
+  const metricRow = (key, values) => {
+    const nums = values.filter(v => typeof v === "number");
+    const top = nums.length > 1 ? (lowerIsBetter(key) ? Math.min(...nums) : Math.max(...nums)) : null;
+    return h("tr", {}, h("td", {}, key), values.map(v => h("td", {class: `num ${v === top && nums.some(n => n !== top) ? "best" : ""}`}, fmt(v))));
   };
-  const metricKeys = [...new Set(data.histories.flatMap(hist => Object.keys(hist[0] || {})))].filter(k => k !== "epoch" && k !== "seconds" && !k.endsWith("_gib") && data.histories.some(hist => hist.some(r => typeof r[k] === "number")));
+  const shortPath = v => typeof v === "string" && v.startsWith("/") && v.split("/").length > 3 ? `…/${v.split("/").slice(-2).join("/")}` : v;
+  // Curves: the losses and the first few dev metrics (the selection metric first).
+  const numeric = k => data.histories.some(hist => hist.some(r => typeof r[k] === "number"));
+  const allKeys = [...new Set(data.histories.flatMap(hist => Object.keys(hist[0] || {})))].filter(numeric);
+  const metricKeys = ["train_loss", "dev_loss", ...allKeys.filter(k => k.startsWith("dev_") && !["dev_loss", "dev_n"].includes(k)).slice(0, 4)].filter(k => allKeys.includes(k));
   root.replaceChildren(
     h("section", {class: "card"}, h("h1", {}, t("cmp.title")), picker),
     h("section", {class: "card"}, h("h2", {}, t("cmp.diff")),
-      diffs.length ? h("div", {class: "table-wrap"}, simpleTable(["key", ...names], diffs.map(([k, v]) => [k, ...v]))) : h("p", {class: "muted"}, t("cmp.none"))),
+      diffs.length ? h("div", {class: "table-wrap"}, h("table", {class: "simple diff"}, h("thead", {}, h("tr", {}, h("th", {}, "key"), names.map(n => h("th", {}, n)))),
+        h("tbody", {}, diffs.map(([k, v]) => h("tr", {}, h("td", {}, h("code", {}, k)), v.map(x => h("td", {title: fmt(x)}, fmt(shortPath(x))))))))) : h("p", {class: "muted"}, t("cmp.none"))),
     h("section", {class: "card"}, h("h2", {}, t("cmp.metrics")),
-      h("div", {class: "table-wrap"}, simpleTable(["metric", ...names], [...metricRows.map(([k, v]) => [k, ...best(v)]), ["status", ...data.status]])), cmd(data.command)),
+      h("div", {class: "table-wrap"}, h("table", {class: "simple", id: "compare-metrics"}, h("thead", {}, h("tr", {}, h("th", {}, "metric"), names.map(n => h("th", {class: "num"}, n)))),
+        h("tbody", {}, metricRows.map(([k, v]) => metricRow(k, v)), h("tr", {}, h("td", {}, "status"), data.status.map(x => h("td", {class: "num"}, badge(x))))))), cmd(data.command)),
     h("section", {class: "card"}, h("h2", {}, t("cmp.curves")), h("div", {class: "charts"},
       metricKeys.map(k => lineChart(names.map((n, i) => ({name: n, points: data.histories[i].filter(r => typeof r[k] === "number").map(r => [r.epoch, r[k]])})), {title: k, xLabel: t("run.epoch")})))),
     h("section", {class: "card"}, h("h2", {}, t("cmp.plots")), h("div", {class: "compare-plots", style: `grid-template-columns: repeat(${names.length}, 1fr)`},
       names.map(n => h("h3", {}, n)),
-      [...new Set(data.plots.flat())].filter(p => p !== "history.png").flatMap(p => names.map((n, i) => data.plots[i].includes(p) ? h("figure", {}, h("img", {src: fileUrl(n, p), alt: `${n} ${p}`, loading: "lazy"}), h("figcaption", {}, p)) : h("div", {}))))));
+      [...new Set(data.plots.flat())].filter(p => p !== "history.png").flatMap(p => names.map((n, i) => data.plots[i].includes(p) ? h("figure", {}, h("img", {src: fileUrl(n, p), alt: `${n} ${p}`,}), h("figcaption", {}, p)) : h("div", {}))))));
 }
 
 // --- start --------------------------------------------------------------------------------
