@@ -115,5 +115,35 @@ def test_the_routes_guard_the_machine(tmp_path):
     secured = TestClient(create_ui_app(tmp_path / "runs", token="s" * 24, base_dir=tmp_path, local_only=False))
     assert secured.get("/api/runs").status_code == 401
     assert secured.get("/api/runs", headers={"Authorization": f"Bearer {'s' * 24}"}).status_code == 200
-    entered = secured.get(f"/?token={'s' * 24}", follow_redirects=False)
-    assert entered.status_code == 303 and secured.get("/api/runs").status_code == 200  # the cookie it set
+    entered = secured.get(f"/?token={'s' * 24}")
+    assert entered.status_code == 200 and secured.get("/api/runs").status_code == 200  # the cookie it set
+
+
+def test_progress_file_is_throttled_whole_and_kept_on_resume(tmp_path):
+    import json
+
+    from kitae.training.callbacks import ProgressFile
+
+    progress = ProgressFile(tmp_path, min_interval=3600)  # no time-based write during this test
+    progress.on_train_begin({"epochs": 2, "updates": 20, "examples": 80, "batch_size": 8, "history": [],
+                             "global_step": 0})
+    progress.on_epoch_begin(0, 10, 0)
+    step = {"epoch": 0, "lr": 1e-3, "examples": 8, "tokens": 80, "boundary": True}
+    for batch in range(1, 11):
+        progress.on_step_end({**step, "batch": batch, "global_step": batch, "loss": 1.0 / batch})
+        written = json.loads((tmp_path / "progress.json").read_text())
+        # Throttled: the file changes at the epoch's last batch (then evaluation), not at every step.
+        assert len(written["steps"]) == (1 if batch == 10 else 0)
+    assert written["phase"] == "evaluating" and written["batch"] == 10
+    point = written["steps"][0]
+    assert point["step"] == 10 and point["epoch"] == 1.0 and abs(point["loss"] - sum(1 / b for b in range(1, 11)) / 10) < 1e-4
+    progress.on_epoch_end({"epoch": 1, "train_loss": 0.3})
+    progress.on_run_stopped("interrupted")
+    assert json.loads((tmp_path / "progress.json").read_text())["phase"] == "interrupted"
+    assert not list(tmp_path.glob(".progress.json.*"))  # atomic: no temporary file left
+    # Resumed at step 10: the curve so far is kept.
+    resumed = ProgressFile(tmp_path)
+    resumed.on_train_begin({"epochs": 2, "updates": 20, "history": [{"epoch": 1, "train_loss": 0.3}],
+                            "global_step": 10})
+    written = json.loads((tmp_path / "progress.json").read_text())
+    assert [p["step"] for p in written["steps"]] == [10] and written["epochs_done"] == [{"epoch": 1, "train_loss": 0.3}]

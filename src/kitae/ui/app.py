@@ -64,7 +64,7 @@ def find_examples_dir(base_dir: Path) -> Path | None:
 def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | None = None,
                   local_only: bool = True) -> Any:
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+    from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
     from starlette.routing import Mount
@@ -115,12 +115,13 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
 
     @app.get("/")
     async def index(request: Request) -> Any:
+        response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
         given = request.query_params.get("token")
         if given is not None and state.token is not None and hmac.compare_digest(given.encode(), state.token.encode()):
-            response = RedirectResponse("/", status_code=303)
+            # The cookie lets images load; the page sends the token as a header to the API and to
+            # the mounted `kitae serve` apps (which read only the header).
             response.set_cookie("kitae_token", given, httponly=True, samesite="strict")
-            return response
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return response
 
     @app.get("/static/fonts/ipaexg.ttf")
     async def japanese_font() -> Any:

@@ -86,6 +86,10 @@ class Jobs:
         name = self.name_of(run_dir)
         if self.running(name) is not None:
             raise KitaeError(f"output: run {name} is training already")
+        status = run_status(run_dir)
+        if status is not None and not overwrite:  # what `kitae train` would say, before starting it
+            raise KitaeError(f"output: {name} already holds a {status} run; choose another output, or replace "
+                             "it (--overwrite)")
         config = {**config, "output": str(run_dir)}
         config_from_dict(config, source="the form")  # refuse before anything is written
         path = self.home / "configs" / f"{self._safe_stem(name)}.yaml"
