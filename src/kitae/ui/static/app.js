@@ -151,7 +151,7 @@ async function renderRuns() {
   const data = await api("/api/runs");
   if (route().page !== "runs") return;
   const root = view();
-  const metricKeys = [...new Set(data.runs.flatMap(r => r.headline.slice(0, 2)))];
+  const metricKeys = [...new Set(data.runs.flatMap(r => r.headline.slice(0, 1)))];
   const settingKeys = ["training.lr", "training.epochs", "training.batch_size", "adapter.r", "model.max_length", "training.seed"];
   const columns = [
     {key: "run", label: t("col.run"), get: r => r.run},
@@ -556,5 +556,8 @@ async function start() {
   document.querySelectorAll("[data-lang]").forEach(b => b.addEventListener("click", () => setLang(b.dataset.lang)));
   window.addEventListener("hashchange", render);
   setLang(lang);
+  // Headless and slow machines paint the header before the Japanese font has loaded: load it
+  // and restyle once it is there.
+  document.fonts.load("1em KitaeJP", "日本語").then(() => document.body.classList.add("fonts-ready")).catch(() => {});
 }
 start().catch(err => toast(err.message, "error"));
