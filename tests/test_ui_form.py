@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import tiny_config, write_jsonl
 from typer.testing import CliRunner
 
 from kitae.cli import app as cli
@@ -147,3 +147,42 @@ def test_progress_file_is_throttled_whole_and_kept_on_resume(tmp_path):
                             "global_step": 10})
     written = json.loads((tmp_path / "progress.json").read_text())
     assert [p["step"] for p in written["steps"]] == [10] and written["epochs_done"] == [{"epoch": 1, "train_loss": 0.3}]
+
+
+def test_try_a_multi_label_run_shows_each_category_against_its_threshold(tiny_models, tmp_path):
+    """The Try panel's route mounts the run's `kitae serve` app; its answers are the run's
+    predictions, with the tuned thresholds to draw each category against."""
+    from fastapi.testclient import TestClient
+    from test_multi_label import CATEGORIES, multilabel_rows
+
+    import kitae
+    from kitae.config import config_from_dict
+    from kitae.ui import create_ui_app
+
+    files = {split: write_jsonl(tmp_path / f"{split}.jsonl", multilabel_rows(n, seed))
+             for split, n, seed in (("train", 60, 1), ("dev", 20, 2), ("test", 20, 3))}
+    cfg = tiny_config(tiny_models["llama"], files, tmp_path / "runs" / "ml", data={"label_field": "categories"},
+                      evaluation={"thresholds": "tune"}, training={"epochs": 2, "select_metric": "micro_f1"})
+    cfg["task"] = "multi_label"
+    kitae.train(config_from_dict(cfg), progress=False)
+
+    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path))
+    headers = {"X-Kitae": "1"}
+    table = client.get("/api/runs").json()["runs"]
+    assert [(r["run"], r["status"], r["task"]) for r in table] == [("ml", "finished", "multi_label")]
+    served = client.post("/api/try", json={"run": "ml"}, headers=headers).json()
+    assert served["kind"] == "classifier" and set(served["thresholds"]) == set(CATEGORIES)
+    texts = ["雨晴雪風肉魚", "株円税金"]
+    answer = client.post(served["predict_url"], json={"texts": texts}).json()["predictions"]
+    expected = kitae.load(tmp_path / "runs" / "ml").predict(texts)
+    assert [p["label"] for p in answer] == [p.label for p in expected]
+    for prediction in answer:
+        decided = [c for c in CATEGORIES if prediction["probabilities"][c] >= served["thresholds"][c]]
+        assert prediction["label"] == decided
+    # The run's page: metrics, plots and the commands it stands for.
+    detail = client.get("/api/run", params={"run": "ml"}).json()
+    assert detail["status"] == "finished" and "micro_f1" in detail["metrics"]["test"]
+    assert detail["progress"]["phase"] == "finished" and detail["commands"]["show"].startswith("kitae runs show")
+    # Export writes only inside the runs folder.
+    exported = client.post("/api/export", json={"run": "ml"}, headers=headers).json()
+    assert Path(exported["folder"]).resolve().parent == (tmp_path / "runs" / "exports").resolve()
