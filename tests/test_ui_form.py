@@ -186,3 +186,21 @@ def test_try_a_multi_label_run_shows_each_category_against_its_threshold(tiny_mo
     # Export writes only inside the runs folder.
     exported = client.post("/api/export", json={"run": "ml"}, headers=headers).json()
     assert Path(exported["folder"]).resolve().parent == (tmp_path / "runs" / "exports").resolve()
+
+
+def test_sweeps_are_shown_with_their_table_and_plots(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from kitae.runs import write_bytes_atomic, write_csv
+    from kitae.ui import create_ui_app
+
+    sweep = tmp_path / "runs" / "sweeps" / "lr"
+    write_csv(sweep / "sweep_results.csv", [{"configuration": 0, "training.lr": 1e-4, "dev_macro_f1_mean": 0.8},
+                                            {"configuration": 1, "training.lr": 1e-3, "dev_macro_f1_mean": 0.9}])
+    write_bytes_atomic(sweep / "sweep_metric.png", b"\x89PNG\r\n\x1a\n")
+    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path))
+    [shown] = client.get("/api/runs").json()["sweeps"]
+    assert shown["name"] == "sweeps/lr" and shown["plots"] == ["sweep_metric.png"]
+    assert [row["training.lr"] for row in shown["rows"]] == ["0.0001", "0.001"]
+    image = client.get("/api/run/file", params={"run": "sweeps/lr", "file": "sweep_metric.png"})
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
