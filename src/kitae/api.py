@@ -57,6 +57,7 @@ from kitae.training.callbacks import (
     HistoryWriter,
     MemoryMonitor,
     ProgressBar,
+    ProgressFile,
 )
 from kitae.training.checkpoint import CheckpointStore, load_best_outputs, load_weights
 from kitae.training.loop import fit
@@ -148,6 +149,7 @@ def _train_run(config: RunConfig, config_file: Path | None, dist: distributed.Di
         watchers.insert(0, _DiscardReplacedRun(run_dir, replaced))
     if main:
         watchers += make_trackers(config, run_dir)
+        watchers.append(ProgressFile(run_dir))  # progress.json: how `kitae ui` (or a script) watches the run
     try:
         result = _train(config, task, examples, splits, plan, backbone, run_dir, resume, watchers, progress,
                         evaluate_test)

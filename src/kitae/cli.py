@@ -352,6 +352,28 @@ def serve(
 
 
 @app.command()
+def ui(
+    runs_dir: Annotated[Path, typer.Argument(help="Folder the page finds runs in and creates them in.")] = Path("runs"),
+    host: Annotated[str, typer.Option(help="Address to bind; other than localhost, a token is required.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token (default beyond "
+                                                         "localhost: a new one, printed in the address).")] = None,
+) -> None:
+    """A local web page to set up, launch, watch, compare and try runs (training keeps running
+    when the page closes)."""
+    from kitae.ui import run_ui
+
+    # Neither _setup_logging nor _user_errors: they import transformers and torch, seconds the
+    # page need not wait for (the training processes it starts import them).
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_ui(runs_dir, host=host, port=port, token_file=token_file)
+    except KitaeError as exc:
+        errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
 @_user_errors
 def push(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
@@ -400,17 +422,14 @@ def data_analyze(
 ) -> None:
     """Label rates, labels per example, co-occurrence (regression: target statistics) and
     token lengths, per split."""
-    from kitae.config import config_from_dict, load_config
-    from kitae.data.analysis import analyze
+    from kitae.config import load_config
+    from kitae.data.analysis import analyze, file_config
 
     _setup_logging(False)
     if source.suffix.lower() in (".yaml", ".yml"):
         config = load_config(source, set_ or [])
     else:
-        raw = {"task": task, "data": {"train": str(source), "text_field": text_field, "label_field": label_field,
-                                      "split": {"dev": 0.0}},
-               "model": {"name": model or "none"}, "output": "unused"}
-        config = config_from_dict(raw, source=str(source))
+        config = file_config(source, task, text_field, label_field, model)
     if model:
         config.model.name = model
     out = output_dir or Path("analysis") / source.stem

@@ -8,6 +8,7 @@ RUN_DIR/
   metrics.json              dev and test metrics of the selected epoch
   history.csv, history.png  per-epoch train loss, dev loss and dev metrics
   steps.csv                 loss, learning rate, throughput and memory every log_every_steps steps
+  progress.json             phase, epoch, batch, a point a second, epochs done (what kitae ui watches)
   predictions_{dev,test}.jsonl
   confusion_matrix_{split}.png / .csv, classification_report_{split}.csv
   model/                    Hugging Face format: PEFT adapter (+ head) or full weights,

@@ -31,6 +31,17 @@ def _length_stats(lengths: np.ndarray, limit: int | None) -> dict[str, Any]:
     return stats
 
 
+def file_config(source: str | Path, task: str = "single_label", text_field: str = "text",
+                label_field: str = "label", model: str | None = None) -> RunConfig:
+    """The config `kitae data analyze FILE` analyses a bare data file with: all of it as train."""
+    from kitae.config import config_from_dict
+
+    raw = {"task": task, "data": {"train": str(source), "text_field": text_field, "label_field": label_field,
+                                  "split": {"dev": 0.0}},
+           "model": {"name": model or "none"}, "output": "unused"}
+    return config_from_dict(raw, source=str(source))
+
+
 def analyze(config: RunConfig, output_dir: str | Path, tokenize: bool = True) -> dict[str, Any]:
     """Analyse the splits a config selects; write the report to `output_dir`; return it."""
     from kitae.api import prepare_data

@@ -18,14 +18,26 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kitae.errors import KitaeError
-from kitae.serving.app import PredictService, ServeLimits, create_app
+
+if TYPE_CHECKING:
+    from kitae.serving.app import ServeLimits
 
 logger = logging.getLogger("kitae")
 
 __all__ = ["ServeLimits", "build_app", "read_token", "serve", "weights_sha256"]
+
+
+def __getattr__(name: str) -> Any:
+    # The app module loads the predictor (torch, transformers) only when used: `kitae ui` imports
+    # read_token / is_loopback from here and starts in a second, not after torch.
+    if name in ("PredictService", "ServeLimits", "create_app"):
+        from kitae.serving import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'kitae.serving' has no attribute {name!r}")
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -83,6 +95,7 @@ def build_app(source: str | Path, limits: ServeLimits | None = None, token: str 
     from kitae.models.sources import public_model_name
     from kitae.predictor import Classifier, load
     from kitae.runs import MODEL_DIR
+    from kitae.serving.app import PredictService, ServeLimits, create_app
 
     try:
         import fastapi  # noqa: F401

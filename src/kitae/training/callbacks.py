@@ -223,3 +223,96 @@ class HistoryWriter(Callback):
         write_csv(self.run_dir / "history.csv", self.rows)
         metrics = [m for m in (f"dev_{self.select_metric}", f"dev_{self.headline}") if m != "dev_loss"]
         plot_history(self.rows, self.run_dir / "history.png", metrics=list(dict.fromkeys(metrics)))
+
+
+class ProgressFile(Callback):
+    """progress.json in the run directory: where training is (epoch, batch, phase), a point per
+    interval of loss, learning rate, throughput and memory, and the finished epochs' rows — so a
+    web page or a script can watch a run from outside the process. Rewritten atomically, at most
+    every `min_interval` seconds while training and at every epoch end and phase change."""
+
+    FILE = "progress.json"
+    MAX_POINTS = 1000  # past this the curve is thinned to every other point: the file stays small
+
+    def __init__(self, run_dir: Path, min_interval: float = 1.0) -> None:
+        self.path = Path(run_dir) / self.FILE
+        self.min_interval = min_interval
+        self.state: dict[str, Any] = {"phase": "starting", "started": time.time()}
+        self.points: list[dict[str, Any]] = []
+        self.epoch_rows: list[dict[str, Any]] = []
+        self.last_write = 0.0
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.window_losses: list[float] = []
+        self.window_examples = 0
+        self.window_tokens = 0
+        self.window_started = time.perf_counter()
+
+    def on_train_begin(self, info: dict[str, Any]) -> None:
+        step = info.get("global_step", 0)
+        self.epoch_rows = list(info.get("history", []))
+        if step and self.path.is_file():  # resumed: keep the curve up to the checkpoint
+            try:
+                from kitae.runs import read_json
+
+                self.points = [p for p in read_json(self.path).get("steps", []) if p.get("step", 0) <= step]
+            except (OSError, ValueError, AttributeError):
+                self.points = []
+        self.state.update(phase="training", epochs=info.get("epochs"), updates=info.get("updates"),
+                          examples=info.get("examples"), batch_size=info.get("batch_size"), global_step=step)
+        self._write()
+
+    def on_epoch_begin(self, epoch: int, num_batches: int, batches_done: int) -> None:
+        self.state.update(phase="training", epoch=epoch + 1, batch=batches_done, batches=num_batches)
+        self._reset_window()
+
+    def on_step_end(self, step: dict[str, Any]) -> None:
+        self.window_losses.append(step["loss"])
+        self.window_examples += step["examples"]
+        self.window_tokens += step["tokens"]
+        self.state.update(batch=step["batch"], global_step=step["global_step"])
+        last_batch = step["batch"] == self.state.get("batches")
+        if not last_batch and time.monotonic() - self.last_write < self.min_interval:
+            return
+        elapsed = max(time.perf_counter() - self.window_started, 1e-9)
+        batches = self.state.get("batches") or 1
+        self.points.append({"step": step["global_step"], "epoch": round(step["epoch"] + step["batch"] / batches, 4),
+                            "loss": round(sum(self.window_losses) / len(self.window_losses), 5), "lr": step["lr"],
+                            "examples_per_s": round(self.window_examples / elapsed, 2),
+                            "tokens_per_s": round(self.window_tokens / elapsed, 1), **memory_snapshot()})
+        if len(self.points) > self.MAX_POINTS:
+            self.points = self.points[::2]
+        self._reset_window()
+        if last_batch:
+            self.state["phase"] = "evaluating"  # dev evaluation follows the epoch's last batch
+        self._write()
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        self.epoch_rows.append(row)
+        self.state["phase"] = "training"
+        self._write()
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        self.state["phase"] = "finishing"  # the selected model: test evaluation, saving, the card
+        self._write()
+
+    def on_run_end(self, run_dir: Path, metrics: dict[str, Any]) -> None:
+        self.state["phase"] = "finished"
+        self._write()
+
+    def on_run_stopped(self, status: str) -> None:
+        self.state["phase"] = status
+        self._write()
+
+    def _write(self) -> None:
+        from kitae.runs import write_json
+
+        self.last_write = time.monotonic()
+        now = time.time()
+        document = {**self.state, "updated": now, "elapsed_seconds": round(now - self.state["started"], 1),
+                    "steps": self.points, "epochs_done": self.epoch_rows}
+        try:
+            write_json(self.path, document)
+        except OSError as exc:  # watching must never break training
+            logger.debug("progress.json not written: %s", exc)
