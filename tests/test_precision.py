@@ -94,3 +94,29 @@ def test_kernels_are_checked_before_the_run_directory(tmp_path, tiny_models, sep
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 2 and "training.kernels: liger needs a CUDA GPU" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_cpu_threads_fit_physical_cores_of_the_usable_cpus(monkeypatch):
+    import os
+
+    import psutil
+    import torch
+
+    from kitae.models.precision import fit_cpu_threads, plan_precision, probe_caps
+
+    plan = plan_precision(probe_caps("cpu"))
+    before = torch.get_num_threads()
+    try:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            monkeypatch.delenv(var, raising=False)
+        torch.set_num_threads(8)
+        # 8 usable logical CPUs, 2 hyper-threads per core: 4 threads.
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+        monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 16 if logical else 8)
+        assert fit_cpu_threads(plan) == 4
+        # An explicit OMP_NUM_THREADS is the user's choice.
+        torch.set_num_threads(8)
+        monkeypatch.setenv("OMP_NUM_THREADS", "8")
+        assert fit_cpu_threads(plan) == 8
+    finally:
+        torch.set_num_threads(before)

@@ -226,7 +226,10 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
                            name, split.truncated, len(examples[name]), config.model.max_length)
 
     # 2. Model: the task builds it on the backbone (head or LM, adapter).
-    logger.info("compute: %s", plan.describe())
+    from kitae.models.precision import fit_cpu_threads
+
+    threads = fit_cpu_threads(plan)
+    logger.info("compute: %s%s", plan.describe(), f", {threads} CPU threads" if plan.device == "cpu" else "")
     model = task.build_model(backbone, plan)
     if training.compile:
         # In place (nn.Module.compile): parameter names, checkpoints and saving stay the same.

@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification
 from kitae.config import AdapterConfig, ModelConfig
 from kitae.models.classifier import SequenceClassifier, choose_packing
 from kitae.models.loading import is_encoder_config, load_for_classification, load_tokenizer
-from kitae.models.precision import PrecisionPlan, plan_precision, probe_caps
+from kitae.models.precision import PrecisionPlan, fit_cpu_threads, plan_precision, probe_caps
 from kitae.models.sources import ModelSource
 from kitae.runs import follow_umask, read_json, write_json
 
@@ -62,6 +62,7 @@ def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool 
     downloaded run cannot switch on the execution of code from the hub."""
     folder = Path(folder)
     meta, model_config, adapter, plan, tokenizer = _saved(folder, device, trust_remote_code)
+    fit_cpu_threads(plan)
     id2label = {i: label for i, label in enumerate(meta["labels"])}
     exported = str(meta.get("export", {}).get("kind", ""))
     if exported.endswith("onnx"):

@@ -152,3 +152,22 @@ def apply_kernels(model: Any, plan: PrecisionPlan) -> None:
 
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
                                     cross_entropy=False, fused_linear_cross_entropy=False)
+
+
+def fit_cpu_threads(plan: PrecisionPlan) -> int:
+    """On a CPU, one torch thread per physical core this process may use: hyper-threads share a
+    core's FMA units (a second thread per core only adds contention), and a container's CPU set
+    is often smaller than the machine. An explicit OMP_NUM_THREADS / MKL_NUM_THREADS is kept.
+    Returns the thread count torch uses."""
+    import os
+
+    if plan.device != "cpu" or any(v in os.environ for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return torch.get_num_threads()
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    logical, physical = psutil.cpu_count(logical=True) or usable, psutil.cpu_count(logical=False) or usable
+    threads = max(1, min(usable, usable * physical // max(logical, 1)))
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

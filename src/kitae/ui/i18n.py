@@ -109,8 +109,15 @@ DESCRIPTIONS_JA: dict[str, str] = {
     "training.checkpoint_every_steps": "N 回のオプティマイザー更新ごとにも再開可能なチェックポイントを保存する。",
     "training.checkpoint_every_minutes": "再開可能なチェックポイントを最大でこの間隔で保存する（エポックごとにも保存）。",
     "training.device": "auto（cuda > mps > cpu）、cpu、cuda、cuda:1、mps。",
-    "training.packing": "sft: model.max_length まで 1 行に複数の例を詰める。例をまたぐ注意はなく、損失マスクは正確"
-                        "（パッドトークンが減る。causal_lm は常に詰める）。",
+    "training.packing": "1 行に複数の例を詰める（例をまたぐ注意はなく、パッドトークンがない）。分類: 各バッチの例を"
+                        "同じ行に詰めるので、ステップが見る例もロジットもパディング時と同じ。auto はロード時のパック対"
+                        "パディングの照合に通るモデルで有効（デコーダ、mean プーリングのエンコーダ）。sft: model.max_length "
+                        "まで行を埋め、損失マスクは正確。sft の auto は off（causal_lm は常に詰める）。",
+    "training.sparse_dropout": "LoRA のドロップアウトを、落とす要素の位置だけ引いて作る（同じベルヌーイ分布で乱数は約 p 倍。"
+                               "乱数の遅い CPU のみ）。",
+    "training.lean_lora": "LoRA 層のスケーリングをランク r の中間値に掛け、B の積を行列積の中で足す（PEFT と同じ関数で、"
+                          "全幅の要素ごとの処理が減る）。",
+    "training.compile": "モデルを torch.compile する（動的形状。CPU と GPU）。最初の数ステップはコンパイルで遅い。",
     "training.train_on_prompt": "sft: プロンプトのトークンにも損失をかける。",
     "training.kernels": "GPU 用の融合カーネル: liger（Liger-Kernel の Triton による RMSNorm・RoPE・SwiGLU。"
                         "CUDA + pip install liger-kernel）、unsloth（lora / qlora の sft・causal_lm。"
