@@ -188,7 +188,8 @@ def test_checkpoint_loads_without_pickle(tiny_models, separable_data, tmp_path, 
 def test_fp16_grad_scaler_state_survives_resume(tiny_models, separable_data, tmp_path):
     """fp16 autocast (here on the CPU) trains with a grad scaler whose scale adapts; a resumed run
     must continue with the same scale, or it skips or takes different steps."""
-    sections = {"model": {"dtype": "float16"}, "training": {"epochs": 2, "lr": 5e-3}}
+    # PEFT's own LoRA forward (B(A(x)) before the scaling) overflows fp16 early: the scale backs off.
+    sections = {"model": {"dtype": "float16"}, "training": {"epochs": 2, "lr": 5e-3, "lean_lora": False}}
     full = _train(tiny_config(tiny_models["llama"], separable_data, tmp_path / "full", **sections))
 
     class StopAt(Callback):
