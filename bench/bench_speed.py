@@ -120,7 +120,10 @@ def write_data(args: argparse.Namespace, workdir: Path) -> None:
         sys.exit(f"{path}: the shared data is missing (bench/bench_speed.py reads ../shared/)")
     split = json.loads((path.parent / "split_seed42.json").read_text(encoding="utf-8"))
     rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # Lines are split on "\n" only: livedoor's bodies hold U+2028, which str.splitlines() splits on.
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
         row = json.loads(line)
         if row[label_field] not in dropped:
             rows[str(row["id"])] = row
@@ -133,7 +136,8 @@ def write_data(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def read_rows(workdir: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (workdir / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+    text = (workdir / f"{name}.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 def texts_of(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Any]:
