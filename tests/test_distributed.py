@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,8 @@ from safetensors.numpy import load_file
 import kitae
 from kitae.cli import accelerate_command
 from kitae.config import config_from_dict
+from kitae.training.callbacks import Callback
+from kitae.training.loop import TrainingInterrupted
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # 41 train rows: global batches of 8, the last one a single example (rank 1 gets an empty slice);
@@ -126,11 +129,30 @@ def test_every_example_is_predicted_once_and_only_rank_0_writes(setup, one_proce
 
 
 RUNNER = textwrap.dedent("""
+    # runner.py CONFIG STEP [--fsdp] [--resume]: SIGTERM to rank 0 at update STEP (0: never).
     import os, signal, sys
     import yaml
     import kitae
     from kitae.config import config_from_dict
     from kitae.training.callbacks import Callback
+
+    if "--fsdp" in sys.argv:
+        # FSDP 2 on CPU: accelerate turns FSDP on only on accelerators, so it is forced here, on
+        # the state accelerate reads (AcceleratorState() re-reads PartialState's type).
+        import accelerate
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        init = accelerate.Accelerator.__init__
+
+        def fsdp_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+                fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True)
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.state.distributed_type = DistributedType.FSDP
+
+        accelerate.Accelerator.__init__ = fsdp_init
 
     class SignalAtStep(Callback):  # runs on rank 0 only: the other rank learns of it at the step's end
         def on_step_end(self, step):
@@ -138,7 +160,8 @@ RUNNER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGTERM)
 
     try:
-        kitae.train(config_from_dict(yaml.safe_load(open(sys.argv[1]))), progress=False, callbacks=[SignalAtStep()])
+        kitae.train(config_from_dict(yaml.safe_load(open(sys.argv[1]))), progress=False, callbacks=[SignalAtStep()],
+                    resume="--resume" in sys.argv)
     except kitae.api.KitaeError as exc:
         sys.exit(str(exc))
     except Exception as exc:
@@ -175,6 +198,53 @@ def test_a_two_process_checkpoint_resumes_in_one_process(setup, one_process):
     assert (summary["effective_batch_size"], summary["world_size"], resumed.best_epoch) == (8, 1, 2)
 
 
+def _launch_runner(setup: dict, cfg: dict, name: str, *args: str) -> subprocess.CompletedProcess:
+    cfg_file = setup["root"] / f"{name}.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    runner = setup["root"] / "runner.py"
+    runner.write_text(RUNNER, encoding="utf-8")
+    command = accelerate_command([], 2, None)
+    command = [*command[:command.index("-m", 3)], str(runner), str(cfg_file), *args]
+    return subprocess.run(command, env=_env(setup["root"]), capture_output=True, text=True, timeout=300)
+
+
+def test_fsdp_trains_like_one_process_and_resumes_across_world_sizes(setup, one_process):
+    """FSDP 2 (parameters and optimizer state sharded over 2 ranks, on CPU) trains as one process
+    does: its checkpoint (the gathered full weights and optimizer state) resumes in one process,
+    and a one-process checkpoint resumes under FSDP (loaded into the shards), which then selects
+    the best epoch, evaluates and saves the adapter from the gathered weights."""
+    # Interrupted under FSDP at update 8 (mid-epoch 2), resumed in this one process.
+    out = setup["root"] / "fsdp_interrupted"
+    cfg = _config(setup, out, batch_size=4)
+    done = _launch_runner(setup, cfg, "fsdp_interrupted", "8", "--fsdp")
+    assert done.returncode != 0, done.stderr[-3000:]
+    assert "interrupted: checkpoint saved at epoch 2, batch 2" in (out / "train.log").read_text(encoding="utf-8")
+    kitae.train(config_from_dict(cfg), resume=True, progress=False)
+    _same_training(one_process, out)
+
+    # Interrupted in one process at update 3 (epoch 1), resumed under FSDP on 2 processes.
+    out = setup["root"] / "one_then_fsdp"
+    cfg = _config(setup, out)
+    stop_at = {"step": 3}
+
+    class SignalAtStep(Callback):
+        def on_step_end(self, step: dict) -> None:
+            if step["global_step"] == stop_at["step"] and step["boundary"]:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        kitae.train(config_from_dict(cfg), progress=False, callbacks=[SignalAtStep()])
+    done = _launch_runner(setup, cfg, "one_then_fsdp", "0", "--fsdp", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (out / "train.log").read_text(encoding="utf-8")
+    assert "resumed from" in log and "the run started on 1 processes and resumes on 2" in log
+    _same_training(one_process, out)  # also reads the adapter rank 0 saved from the gathered weights
+    got, expected = (json.loads((run / "metrics.json").read_text(encoding="utf-8")) for run in (out, one_process))
+    for split in ("dev", "test"):
+        assert got[split]["confusion_matrix"] == expected[split]["confusion_matrix"]
+        assert got[split]["loss"] == pytest.approx(expected[split]["loss"], rel=1e-6)
+
+
 def test_accelerate_command_line():
     command = accelerate_command(["c.yaml", "--resume"], 2, "--config_file fsdp.yaml --num_machines 2")
     assert command[1:] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file", "fsdp.yaml",
@@ -197,3 +267,117 @@ def test_loss_sums_add_up_to_the_batch_mean(setup, balance):
     parts = [task.loss_sum(logits[:4], targets[:4]), task.loss_sum(logits[4:], targets[4:])]
     total, weight = (sum(p[i] for p in parts) for i in (0, 1))
     assert float(total / weight) == pytest.approx(float(task.loss(logits, targets)), rel=1e-6)
+
+
+# --- engine selection (DeepSpeed and FSDP 1 cannot run on this CPU machine: their logic is
+# checked on stand-ins of accelerate's objects, with accelerate's own DeepSpeed config parser) ---
+
+class _Plugin:
+    def __init__(self, config: dict) -> None:
+        from accelerate.utils.deepspeed import HfDeepSpeedConfig
+
+        self.hf_ds_config = HfDeepSpeedConfig(config)
+        self.deepspeed_config = self.hf_ds_config.config
+        self.zero_stage = self.deepspeed_config["zero_optimization"]["stage"]
+
+    def get_value(self, key: str, default=None):
+        return self.hf_ds_config.get_value(key, default)
+
+
+class _Accelerator:
+    """What kitae reads of an Accelerator: the engine, its plugins, gradient sync and backward."""
+
+    def __init__(self, kind: str, deepspeed: dict | None = None, fsdp_version: int = 2) -> None:
+        from types import SimpleNamespace
+
+        from accelerate.utils import DistributedType
+
+        self.distributed_type = DistributedType[kind]
+        self.state = SimpleNamespace(deepspeed_plugin=_Plugin(deepspeed) if deepspeed else None,
+                                     fsdp_plugin=SimpleNamespace(fsdp_version=fsdp_version))
+        self.gradient_accumulation_steps = 1
+        self.synced: list[bool] = []
+        self.backwards: list[float] = []
+        self.gradient_state = SimpleNamespace(_set_sync_gradients=self.synced.append)
+
+    def backward(self, loss) -> None:
+        self.backwards.append(float(loss))
+
+
+def _ds_config(**top) -> dict:
+    return {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", **top}
+
+
+def test_engines_that_cannot_evaluate_or_save_are_refused_before_any_work():
+    from kitae.errors import ConfigError
+    from kitae.training.distributed import check_engine
+
+    with pytest.raises(ConfigError, match="fsdp_version: 2"):
+        check_engine(_Accelerator("FSDP", fsdp_version=1))
+    with pytest.raises(ConfigError, match="ZeRO-3 is not supported"):
+        check_engine(_Accelerator("DEEPSPEED", _ds_config(zero_optimization={"stage": 3})))
+    for fine in (_Accelerator("FSDP"), _Accelerator("DEEPSPEED", _ds_config()), _Accelerator("MULTI_CPU")):
+        check_engine(fine)
+
+
+def test_deepspeed_auto_values_come_from_the_training_section():
+    from kitae.config import TrainingConfig
+    from kitae.errors import ConfigError
+    from kitae.training.distributed import configure_deepspeed
+
+    training = TrainingConfig(batch_size=6, grad_accum=3, max_grad_norm=0.5)
+    accelerator = _Accelerator("DEEPSPEED", _ds_config())
+    configure_deepspeed(accelerator, training, loss_scaling=False)
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_clipping"]) == (6, 0.5)
+    assert accelerator.gradient_accumulation_steps == 3  # what accelerate writes for "auto"
+    # The user's own values stay.
+    accelerator = _Accelerator("DEEPSPEED", _ds_config(train_micro_batch_size_per_gpu=2, gradient_clipping=1.0))
+    configure_deepspeed(accelerator, training, loss_scaling=False)
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_clipping"]) == (2, 1.0)
+    with pytest.raises(ConfigError, match="bfloat16"):
+        configure_deepspeed(accelerator, training, loss_scaling=True)
+
+
+def test_backward_leaves_accumulation_to_deepspeed_and_divides_elsewhere():
+    import torch
+
+    from kitae.training.distributed import Distributed
+
+    for kind, expected in (("DEEPSPEED", [6.0, 6.0]), ("MULTI_GPU", [2.0, 2.0])):
+        accelerator = _Accelerator(kind, _ds_config() if kind == "DEEPSPEED" else None)
+        dist = Distributed(accelerator, 0, 2, 0, "cpu")
+        dist.backward(torch.tensor(6.0), grad_accum=3, sync=False)
+        dist.backward(torch.tensor(6.0), grad_accum=3, sync=True)
+        assert accelerator.backwards == expected
+        # DeepSpeed's engine steps at the boundary it is told of; DDP's sync is kitae's no_sync.
+        assert accelerator.synced == ([False, True] if kind == "DEEPSPEED" else [])
+    assert Distributed(_Accelerator("DEEPSPEED", _ds_config()), 0, 2, 0, "cpu").full_optimizer_state(None) is None
+
+
+def test_a_checkpoint_without_optimizer_state_resumes_with_fresh_moments(tmp_path, caplog):
+    """What a DeepSpeed run commits: weights, schedule, counters and RNG, no optimizer state."""
+    import torch
+
+    from kitae.training.checkpoint import CheckpointStore, LoopState, rng_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    store = CheckpointStore(tmp_path / "checkpoints")
+    store.commit(model, optimizer, scheduler, None, LoopState(global_step=1, batches_done=1), rng_state(),
+                 without_optimizer=True, rng_by_rank=[rng_state(), rng_state()])
+    fresh = torch.nn.Linear(3, 2)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0 / (1 + step))
+    with caplog.at_level("WARNING"):
+        resumed = store.load(fresh, fresh_optimizer, fresh_scheduler, None, rank=0, world_size=2)
+    assert resumed is not None and resumed.loop.global_step == 1
+    assert torch.equal(fresh.weight, model.weight) and fresh_optimizer.state_dict()["state"] == {}
+    assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
+    assert "AdamW's moments restart" in caplog.text

@@ -59,7 +59,7 @@ from kitae.training.callbacks import (
     ProgressBar,
     ProgressFile,
 )
-from kitae.training.checkpoint import CheckpointStore, load_best_outputs, load_weights
+from kitae.training.checkpoint import CheckpointStore, load_best_outputs, load_weights, read_weights
 from kitae.training.loop import fit
 
 __all__ = ["Classifier", "Prediction", "TrainResult", "evaluate_test", "load", "prepare_data", "train"]
@@ -272,7 +272,10 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
     warnings = []
     best = CheckpointStore(checkpoint_dir).best_folder(loop)
     if best is not None:
-        load_weights(best, model)
+        if dist is not None:
+            dist.load_full_weights(model, read_weights(best))  # into the shards under FSDP
+        else:
+            load_weights(best, model)
     else:
         # Dev had the metric undefined (NaN) in every epoch: nothing to select on.
         warnings.append(f"dev {training.select_metric} was undefined (NaN) in every epoch, so no epoch could be "
@@ -302,6 +305,11 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
         metrics[name] = task.metrics(splits[name].targets, split_outputs)
         if main:
             task.write_outputs(run_dir, name, splits[name], split_outputs)
+    memory_peaks = memory.summary()
+    if dist is not None:
+        # The largest peak over the ranks (collective): the rank nearest its memory limit.
+        own = {key: memory_peaks[key] for key in ("peak_rss_gib", "cuda_peak_gib") if memory_peaks.get(key) is not None}
+        memory_peaks.update(distributed.max_over_ranks(own, dist))
     summary = {"selected_epoch": loop.best_epoch if best is not None else len(loop.history), "select_metric": training.select_metric,
                "epochs_run": len(loop.history), "stopped_early": loop.stopped_early, "stop_reason": loop.stop_reason,
                "test": "evaluated" if "test" in outputs else
@@ -309,7 +317,10 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
                "train_seconds": round(loop.train_seconds, 2),
                "train_examples": len(examples["train"]), "truncated": {n: s.truncated for n, s in splits.items()},
                "effective_batch_size": effective_batch_size, "world_size": world_size,
-               **memory.summary(), "warnings": warnings}
+               **memory_peaks, "warnings": warnings}
+    # Sharded parameters (FSDP): the full trainable weights are gathered (every rank takes part)
+    # for rank 0 to save; elsewhere rank 0 reads its own model.
+    weights = dist.full_trainable_state(model) if dist is not None and dist.sharded_parameters else None
     if not main:
         # Rank 0 writes the run directory; the others wait for it (teardown's barrier).
         return TrainResult(run_dir, config.task, metrics, summary["selected_epoch"], outputs, loop.stop_reason)
@@ -323,7 +334,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
                      "text_fields": config.data.text_fields, "prompt_field": config.data.prompt_field,
                      "label_field": config.data.label_field, "id_field": config.data.id_field},
             "task_state": task.state(), "kitae_version": __version__}
-    task.save_model(model, backbone, run_dir / MODEL_DIR, meta)
+    task.save_model(model, backbone, run_dir / MODEL_DIR, meta, weights=weights)
     write_card(run_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _log_metrics(task, metrics)

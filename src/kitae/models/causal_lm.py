@@ -42,6 +42,11 @@ class CausalLM(nn.Module):
         return getattr(self.hf_model, self.hf_model.base_model_prefix)
 
     @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The transformer block classes: FSDP's auto-wrap policy reads them from the model it wraps."""
+        return getattr(self.hf_model, "_no_split_modules", None)
+
+    @property
     def virtual_tokens(self) -> int:
         return self.model.active_peft_config.num_virtual_tokens if self.prompt_tuning else 0
 

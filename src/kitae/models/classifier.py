@@ -63,6 +63,11 @@ class SequenceClassifier(nn.Module):
         return getattr(self.hf_model, self.hf_model.base_model_prefix)
 
     @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The transformer block classes: FSDP's auto-wrap policy reads them from the model it wraps."""
+        return getattr(self.hf_model, "_no_split_modules", None)
+
+    @property
     def head(self) -> nn.Module:
         return getattr(self.hf_model, self.head_name)
 

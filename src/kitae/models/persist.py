@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoModelForSequenceClassification
 
 from kitae.config import AdapterConfig, ModelConfig
@@ -24,17 +25,29 @@ from kitae.runs import follow_umask, read_json, write_json
 META_FILE = "kitae_model.json"
 
 
-def save_classifier(classifier: SequenceClassifier, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
+def save_classifier(classifier: SequenceClassifier, tokenizer: Any, folder: Path, meta: dict[str, Any],
+                    weights: dict[str, torch.Tensor] | None = None) -> None:
+    """`weights`: the full trainable weights by the classifier's parameter names, when its own
+    are sharded (FSDP); else the model's own tensors are saved."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if classifier.model is classifier.hf_model:  # full fine-tuning
-        classifier.hf_model.save_pretrained(folder, safe_serialization=True)
-    else:
-        classifier.model.save_pretrained(folder, safe_serialization=True)
+    _save_weights(classifier, folder, weights)
+    if classifier.model is not classifier.hf_model:
         classifier.hf_model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(folder / META_FILE, meta)
     follow_umask(folder)
+
+
+def _save_weights(wrapper: Any, folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
+    """A kitae model's weights as transformers / PEFT save them: the whole model for full
+    fine-tuning, the adapter (with the trained head and new modules) otherwise. The wrapper's
+    parameters are named `model.` + the trained module's own names (a PeftModel, or the
+    transformers model itself), which is what `state_dict=` takes."""
+    kwargs: dict[str, Any] = {}
+    if weights is not None:
+        kwargs["state_dict"] = {name.removeprefix("model."): tensor for name, tensor in weights.items()}
+    wrapper.model.save_pretrained(folder, safe_serialization=True, **kwargs)
 
 
 def _saved(folder: Path, device: str, trust_remote_code: bool,
@@ -97,15 +110,13 @@ def load_classifier(folder: Path, device: str = "auto", trust_remote_code: bool 
     return classifier, tokenizer, meta, plan
 
 
-def save_causal_lm(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any]) -> None:
+def save_causal_lm(model: Any, tokenizer: Any, folder: Path, meta: dict[str, Any],
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
     """A causal LM: the PEFT adapter (LoRA weights or the soft prompt) or the full model, with the
-    tokenizer and kitae_model.json."""
+    tokenizer and kitae_model.json (`weights` as in `save_classifier`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if model.model is model.hf_model:
-        model.hf_model.save_pretrained(folder, safe_serialization=True)
-    else:
-        model.model.save_pretrained(folder, safe_serialization=True)
+    _save_weights(model, folder, weights)
     tokenizer.save_pretrained(folder)
     write_json(folder / META_FILE, meta)
     follow_umask(folder)

@@ -171,9 +171,11 @@ class Task(ABC):
 
     # --- persistence ------------------------------------------------------------------------
     @abstractmethod
-    def save_model(self, model: nn.Module, backbone: Backbone, folder: Path, meta: dict[str, Any]) -> None:
+    def save_model(self, model: nn.Module, backbone: Backbone, folder: Path, meta: dict[str, Any],
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
         """The trained model as a Hugging Face folder, with `meta` (+ the task's own entries) in
-        kitae_model.json."""
+        kitae_model.json. `weights`: the full trainable weights by parameter name, where the
+        model's own are sharded (FSDP)."""
 
     def state(self) -> dict[str, Any]:
         """What the task fitted (thresholds, target normalisation), saved with the model."""

@@ -158,11 +158,12 @@ class ClassificationTask(Task):
         write_jsonl(run_dir / f"predictions_{name}.jsonl", self.prediction_records(split.ids, outputs, split.targets))
         self.write_reports(run_dir, name, split.targets, outputs)
 
-    def save_model(self, model: nn.Module, backbone: Backbone, folder: Path, meta: dict[str, Any]) -> None:
+    def save_model(self, model: nn.Module, backbone: Backbone, folder: Path, meta: dict[str, Any],
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
         from kitae.models.persist import save_classifier
 
         save_classifier(model, backbone.tokenizer, folder,
-                        {**meta, "pooling": model.pooling, "packing": self.config.training.packing})
+                        {**meta, "pooling": model.pooling, "packing": self.config.training.packing}, weights)
 
 
 def resolve_pooling(requested: str, is_decoder: bool, new_modules: list[str]) -> str:

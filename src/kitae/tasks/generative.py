@@ -175,10 +175,11 @@ class GenerativeTask(Task):
         return None
 
     # --- persistence ------------------------------------------------------------------------
-    def save_model(self, model: nn.Module, backbone: Backbone, folder: Path, meta: dict[str, Any]) -> None:
+    def save_model(self, model: nn.Module, backbone: Backbone, folder: Path, meta: dict[str, Any],
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
         from kitae.models.persist import save_causal_lm
 
-        save_causal_lm(model, backbone.tokenizer, folder, {**meta, **self.generator_meta()})
+        save_causal_lm(model, backbone.tokenizer, folder, {**meta, **self.generator_meta()}, weights)
 
     def generator_meta(self) -> dict[str, Any]:
         """What a loaded generator needs besides the config: how prompts are written and what stops."""

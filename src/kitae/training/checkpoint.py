@@ -20,6 +20,7 @@ counters of another.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -35,6 +36,8 @@ from torch import nn
 
 from kitae.errors import RunDirError
 from kitae.runs import follow_umask, write_json
+
+logger = logging.getLogger(__name__)
 
 POINTER = "state.json"
 BEST_DEV_LOGITS = "dev_logits.npy"
@@ -109,6 +112,7 @@ class Resumed:
     loop: LoopState
     folder: Path
     world_size: int = 1  # how many processes wrote the checkpoint
+    optimizer_state: dict[str, Any] | None = None  # when loading it was left to the caller
 
 
 class CheckpointStore:
@@ -129,19 +133,28 @@ class CheckpointStore:
 
     def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
              scaler: torch.amp.GradScaler | None, rank: int = 0, world_size: int = 1,
-             seed: int = 0) -> Resumed | None:
+             seed: int = 0, defer_optimizer: bool = False) -> Resumed | None:
         """Restore the last commit into the model, optimizer, scheduler, scaler and RNGs.
 
         A checkpoint holds every rank's RNG streams (`rng_by_rank`, multi-process runs): the same
         world size takes its own rank's back and replays exactly; another world size re-seeds
         every rank from (seed, epoch, step, rank) — the batches are the same global batches, but
-        dropout draws differ from an uninterrupted run."""
+        dropout draws differ from an uninterrupted run.
+
+        `defer_optimizer`: the optimizer state is returned in `Resumed.optimizer_state` instead of
+        loaded (FSDP loads it after wrapping, into the shards). A checkpoint written under
+        DeepSpeed holds none (the engine partitions the moments): AdamW's moments restart."""
         folder = self.last_folder()
         if folder is None:
             return None
         load_trainable_state(model, load_file(str(folder / WEIGHTS)))
         extra = torch.load(folder / "training_state.pt", weights_only=True)
-        optimizer.load_state_dict(extra["optimizer"])
+        optimizer_state = extra["optimizer"]
+        if optimizer_state is None:
+            logger.warning("%s holds no optimizer state (written under DeepSpeed, whose engine partitions it): "
+                           "the weights, schedule and counters resume, AdamW's moments restart", folder)
+        elif not defer_optimizer:
+            optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(extra["scheduler"])
         if scaler is not None and extra.get("scaler"):
             scaler.load_state_dict(extra["scaler"])
@@ -153,7 +166,7 @@ class CheckpointStore:
             from kitae.training.distributed import reseed
 
             reseed(seed, loop.epoch, loop.global_step, rank)
-        return Resumed(loop, folder, saved_world)
+        return Resumed(loop, folder, saved_world, optimizer_state if defer_optimizer else None)
 
     def best_folder(self, loop: LoopState) -> Path | None:
         return None if loop.best_checkpoint is None else self.root / loop.best_checkpoint
@@ -163,11 +176,12 @@ class CheckpointStore:
                scaler: torch.amp.GradScaler | None, loop: LoopState, rng: dict[str, Any],
                best_dev_outputs: Any = None, new_best: bool = False,
                weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None,
-               rng_by_rank: list[dict[str, Any]] | None = None) -> None:
+               rng_by_rank: list[dict[str, Any]] | None = None, without_optimizer: bool = False) -> None:
         """Write `loop` (and, with `new_best`, the current weights and the dev outputs as the best
         ones, which `loop.best_checkpoint` is set to name) and switch the pointer to it in one
         rename. A multi-process run passes the gathered full `weights` and `optimizer_state` and
-        every rank's RNG (`rng_by_rank`)."""
+        every rank's RNG (`rng_by_rank`); `without_optimizer` (DeepSpeed, whose engine partitions
+        the optimizer state) commits none."""
         self.root.mkdir(parents=True, exist_ok=True)
         number = 1 + max((_number(p.name) for p in self.root.iterdir()), default=0)
         weights = trainable_state(model) if weights is None else weights
@@ -188,7 +202,11 @@ class CheckpointStore:
             _link_or_copy(best / WEIGHTS, partial / WEIGHTS)  # the same weights: no second write
         else:
             save_file(weights, str(partial / WEIGHTS))
-        training_state = {"optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
+        if without_optimizer:
+            optimizer_state = None
+        elif optimizer_state is None:
+            optimizer_state = optimizer.state_dict()
+        training_state = {"optimizer": optimizer_state,
                           "scheduler": scheduler.state_dict(),
                           "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng}
         if rng_by_rank is not None:
@@ -240,6 +258,11 @@ def load_best_outputs(folder: Path) -> Any:
     return None
 
 
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint folder's trainable weights (e.g. the best epoch's), by parameter name."""
+    return load_file(str(Path(folder) / WEIGHTS))
+
+
 def load_weights(folder: Path, model: nn.Module) -> None:
     """Load a checkpoint folder's trainable weights (e.g. the best epoch's) into `model`."""
-    load_trainable_state(model, load_file(str(Path(folder) / WEIGHTS)))
+    load_trainable_state(model, read_weights(folder))

@@ -19,10 +19,23 @@ the launcher set WORLD_SIZE > 1 (else None, and accelerate is never imported), a
 - interruption: Ctrl-C / SIGTERM are agreed on at optimizer-step boundaries (`agree`), so
   every rank stops at the same step and rank 0 checkpoints.
 
-DDP runs on CPU (gloo) in the test suite. FSDP and DeepSpeed ZeRO are chosen in accelerate's own
-config and go through the same `prepare`; with sharded parameters (FSDP, ZeRO-3) evaluation runs
-the whole split on every rank in lockstep (a sharded forward is collective), and checkpoints hold
-the gathered full state. Those paths have not been run on GPUs here.
+Engines, chosen in accelerate's own config and all going through the same `prepare`:
+
+- DDP: runs on CPU (gloo) in the test suite.
+- FSDP (version 2, `fully_shard`): parameters sharded over the ranks. Evaluation runs the
+  whole split on every rank in lockstep (a sharded forward is collective); checkpoints and the
+  saved model hold the gathered full trainable weights and the full optimizer state, in the
+  single-process format, so any world size and any engine resumes them; the best weights are
+  loaded back into the shards. The test suite runs it on CPU (gloo) with the engine forced on
+  (accelerate enables FSDP on accelerators only). FSDP version 1 is refused (its flat
+  parameters would need a second code path; accelerate's `fsdp_version: 2` is the current one).
+- DeepSpeed ZeRO 1 / 2: the engine steps the optimizer at accumulation boundaries and scales
+  the loss by its own gradient_accumulation_steps, which kitae sets to training.grad_accum (as
+  the micro-batch size to training.batch_size and the clipping to training.max_grad_norm, where
+  the DeepSpeed config says "auto"). Its optimizer moments are partitioned inside the engine:
+  checkpoints hold the full weights but not the moments, so a resume restarts AdamW's moments
+  (logged). ZeRO-3 is refused (its partitioned parameters cannot be evaluated or saved by this
+  code). DeepSpeed has not been run here: it needs GPUs.
 """
 
 from __future__ import annotations
@@ -147,12 +160,17 @@ class Distributed:
 
     # --- the model ------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                probe_loss: Callable[[], torch.Tensor] | None = None) -> tuple[nn.Module, Any]:
+                probe_loss: Callable[[], torch.Tensor] | None = None,
+                training: Any = None, loss_scaling: bool = False) -> tuple[nn.Module, Any]:
         """The model and optimizer wrapped as accelerate's config says (DDP, FSDP, ZeRO).
 
         `probe_loss` (one small batch's loss) finds trainable parameters no loss reaches (e.g. a
         fresh BERT pooler under mean pooling): DDP then has to look for unused parameters every
-        step, which it does only when there are some (the search costs a graph walk per step)."""
+        step, which it does only when there are some (the search costs a graph walk per step).
+        `training` (the TrainingConfig) fills DeepSpeed's "auto" values; `loss_scaling`: kitae's
+        fp16 grad scaler is on, which DeepSpeed's engine cannot take."""
+        if self.kind == "DEEPSPEED" and training is not None:
+            configure_deepspeed(self.accelerator, training, loss_scaling)
         if probe_loss is not None and self.kind in ("MULTI_GPU", "MULTI_CPU"):
             unused = unused_parameters(model, probe_loss)
             if unused:
@@ -161,6 +179,13 @@ class Distributed:
                 logger.debug("trainable parameters without a gradient: %s", ", ".join(unused[:5]))
                 self.accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
         self.wrapped, optimizer = self.accelerator.prepare(model, optimizer)
+        if self.kind == "DEEPSPEED" and training is not None and \
+                self.accelerator.gradient_accumulation_steps != training.grad_accum:
+            from kitae.errors import ConfigError
+
+            raise ConfigError(f"the DeepSpeed config sets gradient_accumulation_steps "
+                              f"{self.accelerator.gradient_accumulation_steps}, training.grad_accum is "
+                              f"{training.grad_accum}: make them agree (or write \"auto\" in the DeepSpeed config)")
         return self.wrapped, optimizer
 
     def eval_model(self, model: nn.Module) -> nn.Module:
@@ -175,11 +200,30 @@ class Distributed:
         """Skip the gradient all-reduce on micro-batches before a grad_accum boundary."""
         return contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+    def backward(self, share: torch.Tensor, grad_accum: int, sync: bool) -> None:
+        """Back-propagate this rank's share of a micro-batch's loss (`global_mean_share`).
+        DeepSpeed's engine divides by its gradient_accumulation_steps (set to `grad_accum` in
+        `prepare`) and steps the optimizer itself when told the micro-batch ends an update."""
+        if self.kind == "DEEPSPEED":
+            self.accelerator.gradient_state._set_sync_gradients(sync)
+            self.accelerator.backward(share)
+        else:
+            self.accelerator.backward(share / grad_accum)
 
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> None:
         self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+    def reshard(self, model: nn.Module) -> None:
+        """Back to sharded parameters under FSDP: a forward without backward (evaluation) leaves
+        the units that do not reshard after forward (the root) holding whole, unsharded
+        parameters, which are not the ones the optimizer and the state-dict helpers know."""
+        if self.kind != "FSDP":
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
     def full_trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """The full, unsharded trainable weights (on rank 0; None elsewhere). Collective under
@@ -188,30 +232,135 @@ class Distributed:
 
         if not self.sharded_parameters:
             return trainable_state(model) if self.is_main else None
-        names = {name for name, p in model.named_parameters() if p.requires_grad}
-        full = self.accelerator.get_state_dict(self.wrapped)
-        if not self.is_main:
-            return None
-        return {name: tensor.detach().contiguous().cpu() for name, tensor in full.items() if name in names}
+        from torch.distributed.tensor import DTensor
+
+        self.reshard(model)
+        # FSDP 2 keeps the parameter names; each trainable DTensor is gathered on its own (every
+        # rank, in the same order), so no rank ever holds the frozen base weights whole.
+        full = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                tensor = p.full_tensor() if isinstance(p, DTensor) else p
+                if self.is_main:
+                    # A copy: FSDP frees its all-gather buffers (and an unsharded root's
+                    # parameters) by resizing their storage, which a view would share.
+                    full[name] = tensor.detach().to("cpu", copy=True).contiguous()
+        return full if self.is_main else None
+
+    def load_full_weights(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        """Full trainable weights (a checkpoint's, on every rank) into the model: into each
+        rank's shards under FSDP, a plain copy elsewhere."""
+        from kitae.training.checkpoint import load_trainable_state
+
+        if not self.sharded_parameters:
+            load_trainable_state(model, weights)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        self.reshard(model)
+        expected = {name for name, p in model.named_parameters() if p.requires_grad}
+        if set(weights) != expected:
+            raise RuntimeError(f"checkpoint does not match the model (missing {sorted(expected - set(weights))[:3]}, "
+                               f"unexpected {sorted(set(weights) - expected)[:3]})")
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
 
     def full_optimizer_state(self, optimizer: Any) -> dict[str, Any] | None:
-        """The optimizer's full state (rank 0; None elsewhere), so any world size can load it."""
+        """The optimizer's full state in the single-process format (parameters numbered in
+        param-group order), so any world size and engine can load it: rank 0; None elsewhere,
+        and None under DeepSpeed, whose moments are partitioned inside the engine."""
+        if self.kind == "DEEPSPEED":
+            return None
         if self.kind == "FSDP":
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 get_optimizer_state_dict,
             )
 
-            state = get_optimizer_state_dict(self.wrapped, getattr(optimizer, "optimizer", optimizer),
-                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            return state if self.is_main else None
+            self.reshard(self.wrapped)
+            by_name = get_optimizer_state_dict(self.wrapped, getattr(optimizer, "optimizer", optimizer),
+                                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return optimizer_state_by_index(by_name) if self.is_main else None
         return optimizer.state_dict() if self.is_main else None
+
+    def load_full_optimizer_state(self, model: nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+        """A checkpoint's full optimizer state (single-process format) into the prepared
+        optimizer: under FSDP into each rank's shards of the moments."""
+        if self.kind != "FSDP":
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        self.reshard(model)
+        inner = getattr(optimizer, "optimizer", optimizer)
+        name_of = {id(p): name for name, p in model.named_parameters()}
+        names = [name_of[id(p)] for group in inner.param_groups for p in group["params"]]
+        set_optimizer_state_dict(model, inner, optimizer_state_by_name(state, names),
+                                 options=StateDictOptions(full_state_dict=True))
 
     def close(self, wait: bool = True) -> None:
         if torch.distributed.is_initialized():
             if wait:
                 self.barrier()
             torch.distributed.destroy_process_group()
+
+
+def check_engine(accelerator: Any) -> None:
+    """Refuse, before any work, the engines whose parameters this code cannot evaluate or save."""
+    from kitae.errors import ConfigError
+
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind == "FSDP" and int(getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) or 1) != 2:
+        raise ConfigError("FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config "
+                          "(fully_shard; accelerate's current FSDP)")
+    if kind == "DEEPSPEED" and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        raise ConfigError("DeepSpeed ZeRO-3 is not supported (its partitioned parameters cannot be evaluated or "
+                          "saved here): use FSDP (fsdp_version: 2) to shard parameters, or ZeRO stage 1 or 2")
+
+
+def configure_deepspeed(accelerator: Any, training: Any, loss_scaling: bool) -> None:
+    """Fill the DeepSpeed config's "auto" values from kitae's training section (kitae has no
+    dataloader for accelerate to read them from) and refuse what the engine cannot take."""
+    from kitae.errors import ConfigError
+
+    if loss_scaling:
+        raise ConfigError("DeepSpeed with fp16 weights: kitae's loss scaling cannot drive DeepSpeed's engine; "
+                          "use model.dtype bfloat16 (or float32)")
+    plugin = accelerator.state.deepspeed_plugin
+    ds_config = plugin.deepspeed_config
+    if plugin.get_value("train_micro_batch_size_per_gpu") in (None, "auto"):
+        ds_config["train_micro_batch_size_per_gpu"] = training.batch_size
+    if plugin.get_value("gradient_clipping") in (None, "auto"):
+        ds_config["gradient_clipping"] = training.max_grad_norm or 0.0
+    accelerator.gradient_accumulation_steps = training.grad_accum  # "auto" reads it
+
+
+def optimizer_state_by_index(state: dict[str, Any]) -> dict[str, Any]:
+    """torch.distributed.checkpoint's optimizer state (keyed by parameter name) in
+    `Optimizer.state_dict()`'s format: parameters numbered 0.. in param-group order.
+
+    >>> by_name = {"state": {"b": {"step": 1}}, "param_groups": [{"lr": 0.1, "params": ["a", "b"]}]}
+    >>> optimizer_state_by_index(by_name)
+    {'state': {1: {'step': 1}}, 'param_groups': [{'lr': 0.1, 'params': [0, 1]}]}
+    """
+    names = [name for group in state["param_groups"] for name in group["params"]]
+    index = {name: i for i, name in enumerate(names)}
+    return {"state": {index[name]: value for name, value in state["state"].items()},
+            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                             for group in state["param_groups"]]}
+
+
+def optimizer_state_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of `optimizer_state_by_index`: `names` are the parameters in param-group order.
+
+    >>> optimizer_state_by_name({"state": {1: {"step": 1}}, "param_groups": [{"params": [0, 1]}]}, ["a", "b"])
+    {'state': {'b': {'step': 1}}, 'param_groups': [{'params': ['a', 'b']}]}
+    """
+    return {"state": {names[int(i)]: value for i, value in state["state"].items()},
+            "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
+                             for group in state["param_groups"]]}
 
 
 _current: Distributed | None = None
@@ -241,6 +390,7 @@ def setup(requested_device: str = "auto") -> Distributed | None:
 
         raise ConfigError(f"the launcher started {launched_world_size()} processes but accelerate joined "
                           f"{accelerator.num_processes} (training.device is {requested_device!r})")
+    check_engine(accelerator)
     device = accelerator.device
     name = "cpu" if device.type == "cpu" else str(device)
     if device.type == "cuda" and device.index is None:

@@ -99,8 +99,12 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
     store = CheckpointStore(checkpoint_dir)
 
     state = LoopState()
+    # Under FSDP the optimizer's parameters are replaced by their shards when wrapped: its state
+    # is loaded after that (into the shards), not before.
+    defer_optimizer = dist is not None and dist.kind == "FSDP"
     resumed = (store.load(model, optimizer, scheduler, scaler, rank=dist.rank if dist else 0,
-                          world_size=world_size, seed=training.seed) if resume else None)
+                          world_size=world_size, seed=training.seed, defer_optimizer=defer_optimizer)
+               if resume else None)
     if resumed is not None:
         state = resumed.loop
         logger.info("resumed from %s: epoch %d, batch %d, update %d", resumed.folder, state.epoch + 1,
@@ -117,7 +121,9 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
             with autocast(plan):
                 return task.batch_loss(raw_model, task.batch(train, sampler.epoch(0)[0][:1], device))
 
-        model, optimizer = dist.prepare(model, optimizer, probe_loss)
+        model, optimizer = dist.prepare(model, optimizer, probe_loss, training, loss_scaling=scaler is not None)
+        if resumed is not None and resumed.optimizer_state is not None:
+            dist.load_full_optimizer_state(model, optimizer, resumed.optimizer_state)
 
     info = {"examples": len(train), "epochs": training.epochs, "batch_size": training.batch_size,
             "grad_accum": training.grad_accum,
@@ -170,8 +176,8 @@ def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: Tra
                                     loss_sum, weight = loss_sum * 0.0, weight * 0.0
                                 share, loss_value, _ = dist.global_mean_share(loss_sum, weight,
                                                                               0 if idle else batch.tokens)
-                                scaled = share / training.grad_accum
-                                dist.backward(scaler.scale(scaled) if scaler else scaled)
+                                dist.backward(scaler.scale(share) if scaler else share, training.grad_accum,
+                                              sync=is_boundary)
                     except (torch.OutOfMemoryError, RuntimeError) as exc:
                         if not _is_out_of_memory(exc):
                             raise
@@ -405,5 +411,6 @@ def _commit_on_main(dist: Distributed, store: CheckpointStore, model: nn.Module,
     rng_by_rank = dist.gather_objects(rng)
     if dist.is_main:
         store.commit(model, optimizer, scheduler, scaler, state, rng, weights=weights,
-                     optimizer_state=optimizer_state, rng_by_rank=rng_by_rank, **best)
+                     optimizer_state=optimizer_state, rng_by_rank=rng_by_rank,
+                     without_optimizer=dist.kind == "DEEPSPEED", **best)
     state.best_checkpoint = dist.from_main(state.best_checkpoint)
