@@ -68,6 +68,27 @@ def test_liger_kernels_only_on_a_cuda_gpu_with_liger_installed():
         plan_precision(AMPERE, "auto", "auto", "lora", kernels="unsloth")
 
 
+def test_kernels_auto_is_liger_for_the_llama_family_where_liger_runs():
+    from types import SimpleNamespace
+
+    from kitae.config import TrainingConfig
+    from kitae.models.precision import apply_kernels, kernels_for
+
+    assert TrainingConfig().kernels == "auto"
+    with_liger = DeviceCaps("cuda", bf16=True, fp16=True, liger_installed=True)
+    auto = plan_precision(with_liger, "auto", "auto", "lora", kernels="auto")
+    assert (auto.kernels, auto.kernels_auto) == ("liger", True) and "liger kernels (auto)" in auto.describe()
+    assert [kernels_for(t, auto) for t in ("llama", "mistral", "qwen2", "qwen3")] == ["liger"] * 4
+    assert [kernels_for(t, auto) for t in ("gemma3_text", "gpt_neox", "bert")] == ["none"] * 3
+    # Nothing to patch, and nothing refused, where Liger cannot run.
+    for caps in (CPU, AMPERE):
+        plan = plan_precision(caps, "auto", "auto", "lora", kernels="auto")
+        assert (plan.kernels, plan.kernels_auto, kernels_for("llama", plan)) == ("none", False, "none")
+        assert apply_kernels(SimpleNamespace(config=SimpleNamespace(model_type="llama")), plan) == "none"
+    # Auto leaves a Gemma alone on the GPU too (an explicit "liger" would patch it).
+    assert apply_kernels(SimpleNamespace(config=SimpleNamespace(model_type="gemma3_text")), auto) == "none"
+
+
 def test_unsloth_is_for_causal_lm_lora():
     from kitae.config import config_from_dict
 

@@ -285,11 +285,13 @@ class TrainingConfig(Section):
         "are slow while it compiles."
     )
     train_on_prompt: bool = Field(False, description="sft: also compute the loss on prompt tokens.")
-    kernels: Literal["none", "liger", "unsloth"] = Field(
-        "none",
+    kernels: Literal["auto", "none", "liger", "unsloth"] = Field(
+        "auto",
         description="Fused GPU kernels: liger (Liger-Kernel's Triton RMSNorm, RoPE, SwiGLU; CUDA + "
         "pip install liger-kernel); unsloth (sft / causal_lm with lora or qlora: Unsloth loads the "
-        "model and applies LoRA; CUDA + pip install unsloth). Refused where unavailable.",
+        "model and applies LoRA; CUDA + pip install unsloth); auto: liger for the Llama family "
+        "(Llama, Mistral, Qwen 2 / 3) on a CUDA GPU where liger-kernel is installed, else none. "
+        "liger and unsloth are refused where unavailable.",
     )
     log_every_steps: int = Field(
         10, gt=0, description="Log loss, learning rate, throughput and memory (RSS; CUDA allocated, "

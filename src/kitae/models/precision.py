@@ -41,11 +41,12 @@ class PrecisionPlan:
     load_in_4bit: bool = False
     kernels: str = "none"  # "liger": Triton kernels patched into the model (RMSNorm, RoPE, SwiGLU);
     # "unsloth": the model loaded and its LoRA applied by Unsloth (causal LMs)
+    kernels_auto: bool = False  # chosen by kernels "auto": applied to the Llama family only
 
     def describe(self) -> str:
         amp = f", autocast {str(self.autocast_dtype).removeprefix('torch.')}" if self.autocast_dtype else ""
         quant = ", 4-bit base" if self.load_in_4bit else ""
-        kernels = f", {self.kernels} kernels" if self.kernels != "none" else ""
+        kernels = f", {self.kernels} kernels{' (auto)' if self.kernels_auto else ''}" if self.kernels != "none" else ""
         return (f"{self.device}, weights {str(self.weights_dtype).removeprefix('torch.')}{amp}, "
                 f"attention {self.attn_implementation}{quant}{kernels}")
 
@@ -93,7 +94,8 @@ def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
     - flash_attention_2 only when installed and computing in 16 bits; else PyTorch SDPA.
     - kernels "liger" (Liger's Triton RMSNorm / RoPE / SwiGLU) only on a CUDA GPU with
       liger-kernel installed, "unsloth" only on a CUDA GPU with unsloth installed; refused
-      elsewhere.
+      elsewhere. "auto" is liger where it could run (and `apply_kernels` then patches the Llama
+      family only), else none.
 
     >>> plan_precision(DeviceCaps("cpu")).weights_dtype
     torch.float32
@@ -133,6 +135,9 @@ def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
                                        and compute in (torch.bfloat16, torch.float16)) else "sdpa"
     elif attn == "flash_attention_2" and not caps.flash_attn_installed:
         raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn package and a GPU")
+    kernels_auto = kernels == "auto"
+    if kernels_auto:
+        kernels = "liger" if caps.kind == "cuda" and caps.liger_installed else "none"
     for name, package, installed in (("liger", "liger-kernel", caps.liger_installed),
                                      ("unsloth", "unsloth", caps.unsloth_installed)):
         if kernels == name and (caps.kind != "cuda" or not installed):
@@ -140,18 +145,40 @@ def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
                               f"pip install {package}; this machine has "
                               f"{caps.device}{f' without {package}' if caps.kind == 'cuda' else ''}. "
                               "Use training.kernels: none here.")
-    return PrecisionPlan(caps.device, weights, autocast, attn, load_in_4bit, kernels)
+    return PrecisionPlan(caps.device, weights, autocast, attn, load_in_4bit, kernels,
+                         kernels_auto and kernels != "none")
 
 
-def apply_kernels(model: Any, plan: PrecisionPlan) -> None:
+# What kernels "auto" patches: the Llama family (RMSNorm, RoPE, SwiGLU as Liger implements them).
+# Others (Gemma's GeGLU and (1 + w) norm, GPT-NeoX's LayerNorm) need an explicit "liger".
+LIGER_AUTO_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def kernels_for(model_type: str, plan: PrecisionPlan) -> str:
+    """The kernels `apply_kernels` patches into a model of `model_type` under `plan`.
+
+    >>> auto = PrecisionPlan("cuda:0", torch.bfloat16, torch.bfloat16, "sdpa", kernels="liger", kernels_auto=True)
+    >>> kernels_for("llama", auto), kernels_for("gemma3_text", auto)
+    ('liger', 'none')
+    >>> kernels_for("gemma3_text", PrecisionPlan("cuda:0", torch.bfloat16, None, "sdpa", kernels="liger"))
+    'liger'
+    """
+    if plan.kernels == "liger" and plan.kernels_auto and model_type not in LIGER_AUTO_MODEL_TYPES:
+        return "none"
+    return plan.kernels
+
+
+def apply_kernels(model: Any, plan: PrecisionPlan) -> str:
     """Patch the plan's fused kernels into a loaded model (its modules; kitae computes its own
-    loss, so Liger's fused linear cross-entropy is left out)."""
-    if plan.kernels != "liger":
-        return
+    loss, so Liger's fused linear cross-entropy is left out). Returns what was applied."""
+    kernels = kernels_for(str(getattr(model.config, "model_type", "")), plan)
+    if kernels != "liger":
+        return kernels
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
                                     cross_entropy=False, fused_linear_cross_entropy=False)
+    return "liger"
 
 
 def fit_cpu_threads(plan: PrecisionPlan) -> int:

@@ -121,7 +121,8 @@ DESCRIPTIONS_JA: dict[str, str] = {
     "training.train_on_prompt": "sft: プロンプトのトークンにも損失をかける。",
     "training.kernels": "GPU 用の融合カーネル: liger（Liger-Kernel の Triton による RMSNorm・RoPE・SwiGLU。"
                         "CUDA + pip install liger-kernel）、unsloth（lora / qlora の sft・causal_lm。"
-                        "CUDA + pip install unsloth）。使えない環境では拒否します。",
+                        "CUDA + pip install unsloth）。auto: CUDA GPU で liger-kernel が入っていれば Llama 系"
+                        "（Llama、Mistral、Qwen 2 / 3）に liger、それ以外は none。liger と unsloth は使えない環境では拒否します。",
     "training.log_every_steps": "N 回の更新ごとに損失、学習率、スループット、メモリ（RSS。CUDA の確保・予約・ピーク）を記録する。",
     "balance.class_weights": "損失の重み。single_label: クラスごとの交差エントロピーの重み、multi_label: カテゴリごとの "
                              "pos_weight。'balanced' は train での頻度の逆数。",
