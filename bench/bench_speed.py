@@ -18,6 +18,7 @@ run (absolute rates on a shared machine are noise, ratios much less so).
     python bench/bench_speed.py --model random:gpt-neox-3.6b --max-length 256   # GPU: rinna 3.6B's shape, MFU
     python bench/bench_speed.py --quick --ablate    # kitae with each speed-up switched off in turn
     python bench/bench_speed.py --profile           # where one kitae training step spends its time
+    python bench/bench_speed.py --quick --seeds 1,2,3   # dev macro-F1 of every system over 3 seeds
 
 Training throughput counts real (non-pad) tokens: the same tokenised texts for every system.
 Model FLOP/s count 4 FLOPs per non-embedding parameter per real token with LoRA (forward and the
@@ -30,9 +31,11 @@ tokenizer.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +81,8 @@ def main() -> None:
     parser.add_argument("--adapter", default="lora", choices=["lora", "full"])
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds: every system once per seed, and a dev macro-F1 table over them")
     parser.add_argument("--ablate", action="store_true", help="also run kitae with each speed-up off")
     parser.add_argument("--compile", action="store_true", help="also run kitae with training.compile")
     parser.add_argument("--systems", default=None, help="comma-separated subset of the systems to run")
@@ -103,12 +108,20 @@ def main() -> None:
         if args.model.startswith("random:"):
             args.model = build_random_model(args.model.removeprefix("random:"), workdir)
         peak = matmul_peak_flops()
-        results = {}
-        for system in systems:
-            started = time.perf_counter()
-            results[system] = run_child(system, args, workdir)
-            print(f"# {system}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    print_table(args, results, model_flops_per_token(args), peak)
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [args.seed]
+        by_seed: dict[int, dict[str, dict[str, Any]]] = {}
+        for seed in seeds:
+            args.seed = seed
+            by_seed[seed] = {}
+            for system in systems:
+                started = time.perf_counter()
+                by_seed[seed][system] = run_child(system, args, workdir)
+                print(f"# {system} seed {seed}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
+                      flush=True)
+    if len(seeds) > 1:
+        print_quality(by_seed)
+    args.seed = seeds[0]
+    print_table(args, by_seed[seeds[0]], model_flops_per_token(args), peak)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -281,7 +294,7 @@ def run_kitae(system: str, args: argparse.Namespace, workdir: Path, labels: list
     else:
         data["text_field"] = fields[0]
     training = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-                "select_metric": "macro_f1", **ABLATIONS.get(system, {})}
+                "select_metric": "macro_f1", "log_every_steps": 1, **ABLATIONS.get(system, {})}
     if system == "kitae_compile":
         training["compile"] = True
     adapter = ({"type": "lora", "r": args.r, "alpha": 2 * args.r, "dropout": 0.05, "target_modules": "all-linear"}
@@ -299,8 +312,14 @@ def run_kitae(system: str, args: argparse.Namespace, workdir: Path, labels: list
     started = time.perf_counter()
     predictions = classifier.predict(texts)
     predict_seconds = time.perf_counter() - started
+    # Steady state: the median step rate of the second half of the steps (after torch.compile's
+    # compiling, which the first steps pay for).
+    with (result.run_dir / "steps.csv").open(encoding="utf-8") as handle:
+        rates = [float(row["tokens_per_s"]) for row in csv.DictReader(handle)]
+    steady = statistics.median(rates[len(rates) // 2:]) if rates else None
     return {"train_seconds": metrics["summary"]["train_seconds"], "peak_gib": memory,
-            "predict_seconds": predict_seconds, "dev_predictions": [p.label for p in predictions]}
+            "predict_seconds": predict_seconds, "dev_predictions": [p.label for p in predictions],
+            "steady_tokens_per_s": steady}
 
 
 def run_recipe(system: str, args: argparse.Namespace, train_rows: list[dict[str, Any]],
@@ -408,13 +427,41 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]], fl
                   f"predict samples/s {rates['kitae'][2] / rates[base][2]:.2f}x (vs the pipeline)")
     for system in results:
         if system.startswith("kitae_"):
-            print(f"- {system}: kitae is {rates['kitae'][1] / rates[system][1]:.2f}x its train real tokens/s")
+            steady = ""
+            if results[system].get("steady_tokens_per_s") and kitae.get("steady_tokens_per_s"):
+                steady = (f" (steady-state steps, second half: "
+                          f"{kitae['steady_tokens_per_s'] / results[system]['steady_tokens_per_s']:.2f}x)")
+            print(f"- {system}: kitae is {rates['kitae'][1] / rates[system][1]:.2f}x its train real tokens/s{steady}")
     achieved = rates["kitae"][1] * flops_per_token
     print(f"- kitae model FLOP/s {achieved / 1e9:.1f} G = {100 * achieved / peak:.0f}% of the {peak / 1e9:.0f} G "
           f"measured matmul peak (so at most {peak / flops_per_token:.0f} real tokens/s for this model here)")
     line = [f"{name}={rates['kitae'][1] / rates[base][1]:.2f}" for name, base in
             (("ratio_vs_trainer", "trainer"), ("ratio_vs_trainer_grouped", "trainer_grouped")) if base in results]
     print(" ".join([*line, f"real_tokens_per_s={rates['kitae'][1]:.0f}"]))
+
+
+def print_quality(by_seed: dict[int, dict[str, dict[str, Any]]]) -> None:
+    """Dev macro-F1 of every system per seed, with the mean and standard deviation over seeds,
+    and kitae's train real-tokens/s ratios per seed (same seed = same init, batches, dropout)."""
+    seeds = list(by_seed)
+    systems = list(by_seed[seeds[0]])
+    print(f"\ndev macro-F1 over seeds {', '.join(map(str, seeds))}\n")
+    print("| system | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean ± sd |")
+    print("|---|" + "---|" * (len(seeds) + 1))
+    for system in systems:
+        scores = [by_seed[seed][system]["dev_macro_f1"] for seed in seeds]
+        print(f"| {system} | " + " | ".join(f"{score:.3f}" for score in scores)
+              + f" | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} |")
+
+    def tokens_per_s(result: dict[str, Any]) -> float:
+        return result["real_tokens"] / result["train_seconds"]
+
+    if "kitae" in systems:
+        print()
+        for base in ("trainer", "trainer_grouped"):
+            if base in systems:
+                ratios = [tokens_per_s(by_seed[seed]["kitae"]) / tokens_per_s(by_seed[seed][base]) for seed in seeds]
+                print(f"- kitae / {base} train real tokens/s per seed: {', '.join(f'{r:.2f}x' for r in ratios)}")
 
 
 # --- profile ---------------------------------------------------------------------------------------
