@@ -302,7 +302,7 @@ def run_kitae(system: str, args: argparse.Namespace, workdir: Path, labels: list
     config = config_from_dict({"task": "single_label", "data": data,
                                "model": {"name": args.model, "max_length": args.max_length},
                                "adapter": adapter, "training": training,
-                               "output": str(workdir / f"run-{system}")})
+                               "output": str(workdir / f"run-{system}-seed{args.seed}")})
     result = kitae.train(config, progress=False, evaluate_test=False)
     memory = peak_memory_gib()
     metrics = json.loads((result.run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -312,6 +312,14 @@ def run_kitae(system: str, args: argparse.Namespace, workdir: Path, labels: list
     started = time.perf_counter()
     predictions = classifier.predict(texts)
     predict_seconds = time.perf_counter() - started
+    unmerged_seconds = None
+    if system == "kitae" and args.adapter == "lora":
+        # The same predict with the adapter kept (LoRA layers computed at every call).
+        unmerged = kitae.load(result.run_dir, merge=False)
+        unmerged.predict(texts[:8])
+        started = time.perf_counter()
+        unmerged.predict(texts)
+        unmerged_seconds = time.perf_counter() - started
     # Steady state: the median step rate of the second half of the steps (after torch.compile's
     # compiling, which the first steps pay for).
     with (result.run_dir / "steps.csv").open(encoding="utf-8") as handle:
@@ -319,7 +327,7 @@ def run_kitae(system: str, args: argparse.Namespace, workdir: Path, labels: list
     steady = statistics.median(rates[len(rates) // 2:]) if rates else None
     return {"train_seconds": metrics["summary"]["train_seconds"], "peak_gib": memory,
             "predict_seconds": predict_seconds, "dev_predictions": [p.label for p in predictions],
-            "steady_tokens_per_s": steady}
+            "steady_tokens_per_s": steady, "predict_unmerged_seconds": unmerged_seconds}
 
 
 def run_recipe(system: str, args: argparse.Namespace, train_rows: list[dict[str, Any]],
@@ -432,6 +440,9 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]], fl
                 steady = (f" (steady-state steps, second half: "
                           f"{kitae['steady_tokens_per_s'] / results[system]['steady_tokens_per_s']:.2f}x)")
             print(f"- {system}: kitae is {rates['kitae'][1] / rates[system][1]:.2f}x its train real tokens/s{steady}")
+    if kitae.get("predict_unmerged_seconds"):
+        print(f"- LoRA merged at load: predict {kitae['predict_unmerged_seconds'] / kitae['predict_seconds']:.2f}x "
+              f"the samples/s of the same model with the adapter kept (`kitae.load(run, merge=False)`)")
     achieved = rates["kitae"][1] * flops_per_token
     print(f"- kitae model FLOP/s {achieved / 1e9:.1f} G = {100 * achieved / peak:.0f}% of the {peak / 1e9:.0f} G "
           f"measured matmul peak (so at most {peak / flops_per_token:.0f} real tokens/s for this model here)")
