@@ -118,10 +118,11 @@ def main() -> None:
                 by_seed[seed][system] = run_child(system, args, workdir)
                 print(f"# {system} seed {seed}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
                       flush=True)
+        flops_per_token = model_flops_per_token(args)  # reads the model's config: a random: one is in workdir
     if len(seeds) > 1:
         print_quality(by_seed)
     args.seed = seeds[0]
-    print_table(args, by_seed[seeds[0]], model_flops_per_token(args), peak)
+    print_table(args, by_seed[seeds[0]], flops_per_token, peak)
 
 
 # --- data -----------------------------------------------------------------------------------------
