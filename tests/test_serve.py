@@ -284,12 +284,16 @@ def test_many_concurrent_clients_get_exactly_predict_or_429(runs):
         with httpx.Client(base_url=url, timeout=60) as http:
             for _ in range(12):
                 texts = rng.sample(pool, rng.randint(1, 8))
-                response = http.post("/predict", json={"texts": texts})
-                with lock:
-                    statuses.append(response.status_code)
-                if response.status_code == 429:
+                # A refused request is sent again after a short pause (a client that honours
+                # 429), so every request is answered in the end, however busy the machine.
+                for _attempt in range(600):
+                    response = http.post("/predict", json={"texts": texts})
+                    with lock:
+                        statuses.append(response.status_code)
+                    if response.status_code != 429:
+                        break
                     assert int(response.headers["retry-after"]) >= 1
-                    continue
+                    time.sleep(0.05)
                 for text, answer in zip(texts, response.json()["predictions"]):
                     want = expected[text]
                     if answer["label"] != want.label or not np.allclose(
@@ -305,8 +309,8 @@ def test_many_concurrent_clients_get_exactly_predict_or_429(runs):
             t.join(300)
         metrics = httpx.get(f"{url}/metrics").text
     assert not wrong
-    assert set(statuses) <= {200, 429} and len(statuses) == 16 * 12
-    assert statuses.count(200) > len(statuses) // 4
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) == 16 * 12  # every request answered, the overload shed with 429
     assert psutil.Process().memory_info().rss - rss_before < 300 * 2**20
     # More than one request's texts shared a forward pass: the worker batched across requests.
     counts = [line for line in metrics.splitlines() if line.startswith("kitae_batch_texts_bucket")]
