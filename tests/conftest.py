@@ -167,3 +167,53 @@ def tiny_config(model_dir: Path, files: dict[str, Path], output: Path, **section
         else:
             config[section] = values
     return config
+
+
+class LiveServer:
+    """An ASGI app served by kitae's own uvicorn setup (`serving.guards`: header deadlines, JSON
+    400/408) on a free loopback port, in a thread: what a client on this machine really talks to."""
+
+    def __init__(self, app, limits=None) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        from kitae.serving.guards import EdgeLimits, server_config
+
+        limits = limits or EdgeLimits()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port, limits, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise AssertionError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def raw(self, data: bytes, wait: float = 5.0) -> bytes:
+        """Send `data` as is and read until the server closes the connection (or `wait` passes)."""
+        import socket
+
+        with socket.create_connection(("127.0.0.1", self.port), timeout=wait) as sock:
+            sock.sendall(data)
+            chunks = []
+            try:
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except TimeoutError:
+                pass
+        return b"".join(chunks)

@@ -53,3 +53,27 @@ def test_runs_cli(runs):
     assert compared.exit_code == 0 and "training.lr" in compared.output and "dev.macro_f1" in compared.output
     missing = runner.invoke(app, ["runs", "show", str(runs / "notes")])
     assert missing.exit_code == 2 and "not a kitae run directory" in missing.output
+
+
+def test_runs_list_prints_full_values_when_piped_and_in_every_format(runs):
+    import csv
+    import io
+    import json
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", "list", str(runs), "--column", "model.name"])
+    assert listed.exit_code == 0 and "…" not in listed.output, listed.output  # not a terminal: nothing cut
+    records = json.loads(runner.invoke(app, ["runs", "list", str(runs), "--format", "json"]).output)
+    assert [r["run"] for r in records] == ["fast", "slow"]
+    fast = summarize(runs / "fast")
+    assert records[0]["metrics"] == fast.metrics and records[0]["settings"]["training.lr"] == 1e-2
+    assert records[0]["train_seconds"] == fast.value("train_seconds") and records[0]["status"] == "finished"
+    assert str(fast.config["model.name"]) in listed.output  # a long path, whole
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(app, ["runs", "list", str(runs), "--format", "csv"]).output)))
+    assert [r["run"] for r in rows] == ["fast", "slow"] and float(rows[1]["training.lr"]) == 1e-12
+    [dev_key] = [k for k in rows[0] if k.startswith("dev.")]  # the task's headline metric
+    assert float(rows[0][dev_key]) == pytest.approx(fast.metrics["dev"][dev_key[4:]], abs=1e-4)
+    markdown = runner.invoke(app, ["runs", "list", str(runs), "--format", "markdown"]).output.splitlines()
+    assert markdown[0].startswith("| run | status |") and markdown[1].startswith("| --- |") and len(markdown) == 4
+    wrong = runner.invoke(app, ["runs", "list", str(runs), "--format", "xml"])
+    assert wrong.exit_code == 2 and "table, csv, json or markdown" in wrong.output

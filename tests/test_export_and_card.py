@@ -86,14 +86,25 @@ def test_mean_pooling_refuses_merged_export(tiny_models, separable_data, tmp_pat
 class FakeHub:
     """Stands in for huggingface_hub.HfApi: records what would be uploaded."""
 
-    def __init__(self, fail: Exception | None = None) -> None:
+    def __init__(self, fail: Exception | None = None, existing: dict[str, bool] | None = None) -> None:
         self.fail = fail
         self.calls: list[tuple] = []
         self.files: list[str] = []
+        self.repos = dict(existing or {})  # repo id -> private
 
     def create_repo(self, repo_id, private=False, exist_ok=False):
         self.calls.append(("create_repo", repo_id, private, exist_ok))
+        self.repos.setdefault(repo_id, private)  # like the hub: an existing repo keeps its visibility
         return f"https://huggingface.co/{repo_id}"
+
+    def repo_info(self, repo_id):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(private=self.repos[repo_id])
+
+    def update_repo_settings(self, repo_id, private=None):
+        self.calls.append(("update_repo_settings", repo_id, private))
+        self.repos[repo_id] = private
 
     def upload_folder(self, repo_id, folder_path, commit_message=""):
         if self.fail:
@@ -112,6 +123,11 @@ def test_push_uploads_the_exported_folder_with_its_card(llama_run):
     assert url == "https://huggingface.co/someone/kitae-tiny"
     assert hub.calls[0] == ("create_repo", "someone/kitae-tiny", True, True)
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "confusion_matrix_test.png"} <= set(hub.files)
+    # --private on a repo that exists public: made private before the upload, not left public.
+    public = FakeHub(existing={"someone/was-public": False})
+    push_run(llama_run.run_dir, "someone/was-public", private=True, api=public)
+    assert public.repos["someone/was-public"] is True
+    assert [c[0] for c in public.calls] == ["create_repo", "update_repo_settings", "upload_folder"]
 
 
 def test_push_errors_are_clear(llama_run, monkeypatch):

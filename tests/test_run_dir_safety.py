@@ -278,3 +278,28 @@ def test_trust_remote_code_is_never_read_from_the_run(finished, monkeypatch):
         assert seen and all(seen), seen
     finally:
         meta_path.write_text(original, encoding="utf-8")
+
+
+def test_previous_run_deletes_only_what_kitae_set_aside_for_that_place(finished, tmp_path):
+    """A run.json naming another folder as `previous_run` (edited, or copied from elsewhere) must
+    not make kitae delete it, even when that folder is a kitae run."""
+    import shutil
+
+    from kitae.runs import Replacement, update_run_info
+
+    root, _ = finished
+    victim = tmp_path / "elsewhere" / "someone-elses-run"
+    shutil.copytree(root / "runs" / "a", victim)
+    runs = tmp_path / "runs"
+    target = runs / "b"
+    shutil.copytree(root / "runs" / "a", target)
+    update_run_info(target, previous_run=str(victim))
+    assert Replacement.recorded(target) is None
+    # An aside kitae made for runs/b, whose own run.json points at the victim: only the aside goes.
+    aside = runs / ".b.replaced-20260101-120000-42"
+    shutil.copytree(root / "runs" / "a", aside)
+    update_run_info(aside, previous_run=str(victim))
+    Replacement(target, aside).discard()
+    assert not aside.exists() and victim.is_dir() and target.is_dir()
+    Replacement(target, victim).discard()  # named as the aside itself: still refused
+    assert victim.is_dir()

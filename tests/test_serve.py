@@ -371,11 +371,60 @@ def test_serving_refuses_generators_and_weak_tokens(tiny_models, tmp_path, monke
     good.write_text(TOKEN + "\n")
     good.chmod(0o600)
     assert read_token(good) == TOKEN
-    import uvicorn
+    (tmp_path / "blank.txt").write_text("  \n\n")
+    with pytest.raises(KitaeError, match="the token file is empty"):
+        read_token(tmp_path / "blank.txt")
+    from kitae.serving import guards
 
-    started: list[dict] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs))
-    with caplog.at_level("WARNING", logger="kitae"):
+    started: list[tuple] = []
+    monkeypatch.setattr(guards, "run_server", lambda app, host, port, limits, **kw: started.append((host, limits)))
+    with pytest.raises(KitaeError, match="needs a token"):
         serve(runs["single_label"], host="0.0.0.0", port=9999)
-    assert started[0]["host"] == "0.0.0.0" and "without a token" in caplog.text
+    assert not started
+    serve(runs["single_label"], host="0.0.0.0", port=9999, token_file=good)
+    assert started[0][0] == "0.0.0.0" and started[0][1].header_timeout_s == 10
     assert is_loopback("::1") and not is_loopback("192.168.1.5")
+
+
+def test_a_real_server_answers_slow_broken_and_hostile_clients_in_json(runs, monkeypatch):
+    """On loopback, through uvicorn as `kitae serve` runs it: a half-sent request is cut off, a
+    broken one is refused, deep nesting and a failing model get short JSON errors naming no
+    exception, and every answer is counted."""
+    import httpx
+    from conftest import LiveServer
+
+    limits = ServeLimits(header_timeout_s=1, body_timeout_s=1, max_payload_bytes=200_000)
+    app = build_app(runs["single_label"], limits, token=TOKEN)
+    auth = f"Authorization: Bearer {TOKEN}\r\n"
+    with LiveServer(app, limits.edge()) as server:
+        def head_and_body(raw: bytes) -> tuple[str, dict]:
+            status, _, body = raw.partition(b"\r\n\r\n")
+            return status.split(b"\r\n")[0].decode(), json.loads(body)
+
+        started = time.monotonic()
+        line, body = head_and_body(server.raw(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"))
+        assert line.startswith("HTTP/1.1 408") and "headers did not arrive within 1 s" in body["error"]
+        assert time.monotonic() - started < 4
+        line, body = head_and_body(server.raw(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"
+                                              "Content-Length: 100\r\n\r\n{\"texts\"".encode()))
+        assert line.startswith("HTTP/1.1 408") and "body did not arrive" in body["error"]
+        line, body = head_and_body(server.raw(b"NOT HTTP AT ALL\r\n\r\n"))
+        assert line.startswith("HTTP/1.1 400") and body == {"error": "the request is not valid HTTP"}
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+            nested = client.post("/predict", content=b'{"texts": ' + b"[" * 100_000)
+            assert nested.status_code == 422 and nested.json() == {"error": "the body nests too deeply"}
+            chunked = client.post("/predict", content=iter([b'{"texts": ["' + b"a" * 150_000, b"a" * 60_000 + b'"]}']))
+            assert chunked.status_code == 413 and "limit of 200000 bytes" in chunked.json()["error"]
+            assert client.get("/info", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+            def broken(*_args, **_kwargs):
+                raise RuntimeError("secret detail in /srv/private/weights")
+
+            monkeypatch.setattr(app.state.service.classifier, "logits_of", broken)
+            failed = client.post("/predict", json={"texts": ["晴れ"]})
+            assert failed.status_code == 500 and failed.headers["content-type"] == "application/json"
+            assert "secret" not in failed.text and "RuntimeError" not in failed.text and "/srv" not in failed.text
+            metrics = client.get("/metrics").text
+    for route, status in (("other", 408), ("/predict", 408), ("/predict", 422), ("/predict", 413),
+                          ("/info", 401), ("/predict", 500)):
+        assert f'kitae_requests_total{{route="{route}",status="{status}"}} 1.0' in metrics, (route, status)

@@ -26,8 +26,10 @@ def _config(tiny_models, separable_data, output, tracking, **training):
     return cfg
 
 
-def test_mlflow_holds_params_step_and_epoch_metrics_final_metrics_and_artifacts(tiny_models, separable_data, tmp_path):
+def test_mlflow_holds_params_step_and_epoch_metrics_final_metrics_and_artifacts(tiny_models, separable_data, tmp_path,
+                                                                              monkeypatch):
     mlflow = pytest.importorskip("mlflow", reason="mlflow is the tracking extra: pip install 'kitae[tracking]'")
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps its artifacts in ./mlruns: here, not in the checkout
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = _config(tiny_models, separable_data, tmp_path / "run", {"report_to": ["mlflow"], "mlflow_uri": uri,
                                                                   "experiment": "kitae-test"})
@@ -91,3 +93,17 @@ def test_a_tracker_without_its_package_is_refused_before_the_run(tiny_models, se
     result = CliRunner().invoke(app, ["train", str(config), "--report-to", "wandb"])
     assert result.exit_code == 2 and "tracking.report_to: wandb needs the wandb package" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_credentials_of_a_uri_never_reach_trackers_or_exports(tiny_models, separable_data, tmp_path):
+    from kitae.export import public_config
+    from kitae.tracking import Tracker
+
+    cfg = tiny_config(tiny_models["llama"], separable_data, tmp_path / "run")
+    cfg["tracking"] = {"report_to": [], "mlflow_uri": "https://alice:s3cret@mlflow.example.org:5000/"}
+    config = config_from_dict(cfg)
+    params = Tracker(config, tmp_path / "run").params()
+    assert params["tracking.mlflow_uri"] == "https://mlflow.example.org:5000/"
+    exported = yaml.safe_load(public_config(config))
+    assert exported["tracking"]["mlflow_uri"] == "https://mlflow.example.org:5000/"
+    assert "s3cret" not in public_config(config) and "alice" not in str(params)

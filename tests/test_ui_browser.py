@@ -1,4 +1,5 @@
-"""kitae ui end to end, in headless Chromium (Debian's package) driven by Playwright: create a run
+"""kitae ui end to end, in headless Chromium (Debian's package) driven by Playwright: log in with
+the token (Jupyter-style: a login form, then an HttpOnly cookie) -> create a run
 from the form on a tiny model -> launch -> close the page and restart the server -> find the run
 still training -> stop and resume it -> watch it finish -> compare two runs -> try a text.
 Screenshots of each step go to tests/artifacts/ui/."""
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -46,9 +48,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_ui(runs: Path, cwd: Path, port: int) -> subprocess.Popen:
-    """`kitae ui RUNS --port PORT`, as a user starts it; returns once it answers."""
-    process = subprocess.Popen([sys.executable, "-m", "kitae.cli", "ui", str(runs), "--port", str(port)], cwd=cwd,
+def start_ui(runs: Path, cwd: Path, port: int, token_file: Path, data_root: Path) -> subprocess.Popen:
+    """`kitae ui RUNS --port PORT --token-file FILE --data-root DIR`, as a user starts it; returns
+    once it answers (401 without the token: it answers)."""
+    process = subprocess.Popen([sys.executable, "-m", "kitae.cli", "ui", str(runs), "--port", str(port),
+                                "--token-file", str(token_file), "--data-root", str(data_root)], cwd=cwd,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -58,6 +62,10 @@ def start_ui(runs: Path, cwd: Path, port: int) -> subprocess.Popen:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=2) as response:
                 if response.status == 200:
                     return process
+        except urllib.error.HTTPError as refused:
+            if refused.code == 401:
+                return process
+            raise
         except OSError:
             time.sleep(0.3)
     process.kill()
@@ -115,11 +123,29 @@ def test_create_launch_reopen_stop_resume_watch_compare_try(tiny_models, tmp_pat
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    ui = start_ui(runs, tmp_path, port)
+    token_file = tmp_path / "ui-token.txt"
+    token_file.write_text("browser-test-token-0123456789abcdef\n")
+    token_file.chmod(0o600)
+    ui = start_ui(runs, tmp_path, port, token_file, tiny_models["llama"].parent)
     live_pid = None
     try:
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        # 0. Log in: without the token the page is a login form; a wrong token is refused; the
+        # right one sets a cookie the page's scripts cannot read, kept across a server restart.
+        context = browser.new_context(viewport={"width": 1440, "height": 1000})
+        page = context.new_page()
         page.set_default_timeout(60_000)
+        first = page.goto(f"{url}/#/new")
+        assert first.status == 401 and page.query_selector("#launch") is None
+        page.fill("input[name='token']", "not-the-token-at-all")
+        page.click("button[type='submit']")
+        page.wait_for_selector("p.error")
+        shot(page, "0-login-refused.png")
+        page.fill("input[name='token']", token_file.read_text().strip())
+        page.click("button[type='submit']")
+        page.wait_for_selector("main#view")
+        assert "token=" not in page.url
+        [cookie] = context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and page.evaluate("document.cookie") == ""
         page.goto(f"{url}/#/new")
         page.wait_for_selector(".field[data-path='output']")
         # 1. The form: every key of the schema, help in both languages.
@@ -171,8 +197,8 @@ def test_create_launch_reopen_stop_resume_watch_compare_try(tiny_models, tmp_pat
         # 3. Close the page and restart the server: the run goes on and is found again.
         page.close()
         stop_ui(ui)
-        ui = start_ui(runs, tmp_path, port)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        ui = start_ui(runs, tmp_path, port, token_file, tiny_models["llama"].parent)
+        page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(f"{url}/#/runs")
         page.wait_for_selector("tr[data-run='live'] .badge.s-running")

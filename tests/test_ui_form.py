@@ -97,7 +97,7 @@ def test_the_routes_guard_the_machine(tmp_path):
 
     from kitae.ui import create_ui_app
 
-    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path))
+    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path), base_url="http://127.0.0.1")
     assert client.get("/api/info").status_code == 200
     assert client.get("/").status_code == 200 and "app.js" in client.get("/").text
     assert client.get("/static/app.js").status_code == 200
@@ -112,11 +112,8 @@ def test_the_routes_guard_the_machine(tmp_path):
     assert refused.status_code == 400 and "data: required key is missing" in refused.json()["error"]
     assert client.get("/api/run/file", params={"run": "a", "file": "../../etc/passwd"}).status_code == 400
 
-    secured = TestClient(create_ui_app(tmp_path / "runs", token="s" * 24, base_dir=tmp_path, local_only=False))
-    assert secured.get("/api/runs").status_code == 401
-    assert secured.get("/api/runs", headers={"Authorization": f"Bearer {'s' * 24}"}).status_code == 200
-    entered = secured.get(f"/?token={'s' * 24}")
-    assert entered.status_code == 200 and secured.get("/api/runs").status_code == 200  # the cookie it set
+    # The test client's own host name is no local name.
+    assert TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path)).get("/api/info").status_code == 403
 
 
 def test_progress_file_is_throttled_whole_and_kept_on_resume(tmp_path):
@@ -149,7 +146,7 @@ def test_progress_file_is_throttled_whole_and_kept_on_resume(tmp_path):
     assert [p["step"] for p in written["steps"]] == [10] and written["epochs_done"] == [{"epoch": 1, "train_loss": 0.3}]
 
 
-def test_try_a_multi_label_run_shows_each_category_against_its_threshold(tiny_models, tmp_path):
+def test_try_a_multi_label_run_shows_each_category_against_its_threshold(tiny_models, tmp_path, monkeypatch):
     """The Try panel's route mounts the run's `kitae serve` app; its answers are the run's
     predictions, with the tuned thresholds to draw each category against."""
     from fastapi.testclient import TestClient
@@ -166,7 +163,7 @@ def test_try_a_multi_label_run_shows_each_category_against_its_threshold(tiny_mo
     cfg["task"] = "multi_label"
     kitae.train(config_from_dict(cfg), progress=False)
 
-    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path))
+    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path), base_url="http://127.0.0.1")
     headers = {"X-Kitae": "1"}
     table = client.get("/api/runs").json()["runs"]
     assert [(r["run"], r["status"], r["task"]) for r in table] == [("ml", "finished", "multi_label")]
@@ -186,6 +183,17 @@ def test_try_a_multi_label_run_shows_each_category_against_its_threshold(tiny_mo
     # Export writes only inside the runs folder.
     exported = client.post("/api/export", json={"run": "ml"}, headers=headers).json()
     assert Path(exported["folder"]).resolve().parent == (tmp_path / "runs" / "exports").resolve()
+    # Push: first what would be uploaded (private unless the form says otherwise), then the upload.
+    from test_export_and_card import FakeHub
+
+    hub = FakeHub(existing={"someone/ml": False})
+    monkeypatch.setattr("kitae.hub.hub_api", lambda token=None: hub)
+    preview = client.post("/api/push/preview", json={"run": "ml", "repo_id": "someone/ml"}, headers=headers).json()
+    assert preview["private"] is True and {"README.md", "kitae_config.yaml"} <= {f["name"] for f in preview["files"]}
+    assert preview["bytes"] == sum(f["bytes"] for f in preview["files"]) > 0 and not hub.calls
+    pushed = client.post("/api/push", json={"run": "ml", "repo_id": "someone/ml"}, headers=headers).json()
+    assert pushed["private"] is True and hub.repos["someone/ml"] is True  # the public repo made private
+    assert set(hub.files) == {Path(f["name"]).parts[0] for f in preview["files"]}
 
 
 def test_sweeps_are_shown_with_their_table_and_plots(tmp_path):
@@ -198,7 +206,7 @@ def test_sweeps_are_shown_with_their_table_and_plots(tmp_path):
     write_csv(sweep / "sweep_results.csv", [{"configuration": 0, "training.lr": 1e-4, "dev_macro_f1_mean": 0.8},
                                             {"configuration": 1, "training.lr": 1e-3, "dev_macro_f1_mean": 0.9}])
     write_bytes_atomic(sweep / "sweep_metric.png", b"\x89PNG\r\n\x1a\n")
-    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path))
+    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path), base_url="http://127.0.0.1")
     [shown] = client.get("/api/runs").json()["sweeps"]
     assert shown["name"] == "sweeps/lr" and shown["plots"] == ["sweep_metric.png"]
     assert [row["training.lr"] for row in shown["rows"]] == ["0.0001", "0.001"]

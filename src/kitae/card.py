@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from kitae.credentials import strip_credentials
 from kitae.models.sources import hub_model_name, public_model_name
 from kitae.runs import read_json
 
@@ -63,7 +64,7 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     from kitae.tasks import get_task_class
 
     run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    config = strip_credentials(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
     metrics = read_json(run_dir / "metrics.json")
     meta = read_json(run_dir / "model" / "kitae_model.json")
     labels: list[str] = meta["labels"]

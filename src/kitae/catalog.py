@@ -165,6 +165,39 @@ def parse_filter(expression: str) -> Callable[[RunSummary], bool]:
     return test
 
 
+def runs_table(runs: list[RunSummary], root: Path, headlines: list[list[str]],
+               extra: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """The columns of `kitae runs list` and each run's values: name, status, task, model, adapter,
+    the key settings that differ between the runs (the rest is noise here), `extra`, each task's
+    headline metric on dev and test, train seconds."""
+    from kitae.models.sources import public_model_name
+
+    differing = config_differences(runs)
+    settings = [k for k in KEY_SETTINGS if k in differing] + list(extra)
+    metrics = list(dict.fromkeys(m for names in headlines for m in names))
+    metric_keys = [f"{s}.{m}" for s in ("dev", "test") for m in metrics]
+    headers = ["run", "status", "task", "model", "adapter", *settings, *metric_keys, "train s"]
+    rows = [[_run_name(run, root), run.status, run.task, public_model_name(run.model), run.adapter,
+             *(run.value(k) for k in settings), *(run.value(k) for k in metric_keys), run.value("train_seconds")]
+            for run in runs]
+    return headers, rows
+
+
+def run_record(run: RunSummary, root: Path, extra: list[str] = ()) -> dict[str, Any]:
+    """One run as `kitae runs list --format json` prints it: full values, every split's metrics."""
+    from kitae.models.sources import public_model_name
+
+    return {"run": _run_name(run, root), "path": str(run.path.resolve()), "status": run.status, "task": run.task,
+            "model": public_model_name(run.model), "adapter": run.adapter,
+            "settings": {k: run.value(k) for k in (*KEY_SETTINGS, *extra)}, "metrics": run.metrics,
+            "train_seconds": run.value("train_seconds"), "wall_seconds": run.info.get("wall_seconds"),
+            "started": run.info.get("started")}
+
+
+def _run_name(run: RunSummary, root: Path) -> str:
+    return str(run.path.relative_to(root)) if run.path != Path(root) else run.name
+
+
 def config_differences(runs: list[RunSummary]) -> dict[str, list[Any]]:
     """The config keys whose values differ between runs (paths of outputs excluded), with each
     run's value."""

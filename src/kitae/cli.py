@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -337,16 +338,20 @@ def serve(
     max_text_chars: Annotated[int, typer.Option(help="Characters per text (longer: 413; texts over "
                                                      "max_length tokens are truncated as in training).")] = 20_000,
     max_payload_bytes: Annotated[int, typer.Option(help="Bytes per request body.")] = 1_000_000,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a request's headers may take (then 408).")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds its body may take after them (then 408).")] = 30.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     trust_remote_code: TrustOption = False,
 ) -> None:
-    """Serve a classifier over HTTP: POST /predict, GET /info, /metrics (Prometheus), /health."""
+    """Serve a classifier over HTTP: POST /predict, GET /info, /metrics (Prometheus), /health.
+    Beyond localhost it needs --token-file."""
     from kitae.serving import ServeLimits
     from kitae.serving import serve as run_server
 
     _setup_logging(False)
     limits = ServeLimits(max_payload_bytes=max_payload_bytes, max_texts_per_request=max_texts,
-                         max_text_chars=max_text_chars, max_queue_texts=max_queue, max_batch_tokens=max_batch_tokens)
+                         max_text_chars=max_text_chars, max_queue_texts=max_queue, max_batch_tokens=max_batch_tokens,
+                         header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     run_server(run_dir, host=host, port=port, token_file=token_file, limits=limits, device=device,
                trust_remote_code=trust_remote_code)
 
@@ -354,20 +359,28 @@ def serve(
 @app.command()
 def ui(
     runs_dir: Annotated[Path, typer.Argument(help="Folder the page finds runs in and creates them in.")] = Path("runs"),
-    host: Annotated[str, typer.Option(help="Address to bind; other than localhost, a token is required.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
-    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token (default beyond "
-                                                         "localhost: a new one, printed in the address).")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the token (default: a new one, "
+                                                         "printed once in the login address).")] = None,
+    no_token: Annotated[bool, typer.Option("--no-token", help="No login (localhost only): any user or "
+                                                              "process on this machine can then use the page.")] = False,
+    data_root: Annotated[list[Path] | None, typer.Option("--data-root", help="Another folder the page may read "
+                                                         "data and models from (repeatable; default: the "
+                                                         "current folder and RUNS_DIR).")] = None,
+    allow_remote_code: Annotated[bool, typer.Option("--allow-remote-code", help="Let configs from the page turn "
+                                                    "on model.trust_remote_code.")] = False,
 ) -> None:
     """A local web page to set up, launch, watch, compare and try runs (training keeps running
-    when the page closes)."""
+    when the page closes). Like a Jupyter server it needs its token, even on localhost."""
     from kitae.ui import run_ui
 
     # Neither _setup_logging nor _user_errors: they import transformers and torch, seconds the
     # page need not wait for (the training processes it starts import them).
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        run_ui(runs_dir, host=host, port=port, token_file=token_file)
+        run_ui(runs_dir, host=host, port=port, token_file=token_file, no_token=no_token,
+               data_roots=data_root or [], allow_remote_code=allow_remote_code)
     except KitaeError as exc:
         errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -608,34 +621,40 @@ def runs_list(
                                                  "(training.lr), train_seconds, name...")] = None,
     desc: Annotated[bool, typer.Option(help="Sort descending.")] = False,
     columns: Annotated[list[str] | None, typer.Option("--column", help="Extra column (repeatable).")] = None,
+    format_: Annotated[str, typer.Option("--format", help="table, csv, json (one object per run) or markdown.")]
+    = "table",
 ) -> None:
     """A table of the runs under a folder: task, model, adapter, key settings, dev/test metrics,
     runtime, status."""
-    from kitae.catalog import KEY_SETTINGS, list_runs
+    from kitae.catalog import list_runs, run_record, runs_table
 
+    if format_ not in ("table", "csv", "json", "markdown"):
+        raise KitaeError(f"--format {format_}: table, csv, json or markdown")
     runs = list_runs(root, filter_ or [], sort, desc)
+    if format_ == "json":
+        sys.stdout.write(json.dumps([run_record(run, root, columns or []) for run in runs], ensure_ascii=False,
+                                    indent=2) + "\n")
+        return
     if not runs:
         console.print(f"no runs under {root}")
         return
-    from kitae.catalog import config_differences
-
-    metric_names = list(dict.fromkeys(m for run in runs for m in _headline(run.task)[:1]))
-    # The key settings that differ between the listed runs (those that do not are noise here).
-    differing = config_differences(runs)
-    settings = [k for k in KEY_SETTINGS if k in differing] + list(columns or [])
-    table = Table(title=f"runs under {root} ({len(runs)})")
-    for name in ("run", "status", "task", "model", "adapter", *settings,
-                 *(f"{s}.{m}" for s in ("dev", "test") for m in metric_names), "train s"):
-        table.add_column(name.removeprefix("training.").removeprefix("adapter."), no_wrap=name == "run",
-                         justify="right" if "." in name or name == "train s" else "left")
-    for run in runs:
-        cells = [str(run.path.relative_to(root)) if run.path != root else run.name, run.status, run.task,
-                 _short(run.model), run.adapter]
-        cells += [_cell(run.value(k)) for k in settings]
-        cells += [_cell(run.value(f"{s}.{m}")) for s in ("dev", "test") for m in metric_names]
-        cells.append(_cell(run.value("train_seconds")))
-        table.add_row(*cells)
-    console.print(table)
+    headers, rows = runs_table(runs, root, [_headline(run.task)[:1] for run in runs], columns or [])
+    cells = [[_cell(value) for value in row] for row in rows]
+    if format_ == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerows([headers, *cells])
+    elif format_ == "markdown":
+        sys.stdout.write("\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
+                                   for line in [headers, ["---"] * len(headers), *cells]) + "\n")
+    else:
+        table = Table(title=f"runs under {root} ({len(runs)})")
+        for name in headers:
+            table.add_column(name.removeprefix("training.").removeprefix("adapter."), no_wrap=name == "run",
+                             justify="right" if "." in name or name == "train s" else "left")
+        for line in cells:
+            table.add_row(*line)
+        # Piped or redirected, rich would fit the table to 80 columns and cut every cell to "…".
+        (console if console.is_terminal else Console(width=100_000)).print(table)
 
 
 @runs_app.command("show")
@@ -697,12 +716,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
     return str(value)
-
-
-def _short(model: str) -> str:
-    from kitae.models.sources import public_model_name
-
-    return public_model_name(model)
 
 
 if __name__ == "__main__":

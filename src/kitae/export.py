@@ -65,8 +65,9 @@ def public_meta(meta: dict[str, Any], kind: str, run_dir: Path) -> dict[str, Any
 
 def public_config(config: Any) -> str:
     """The run's config as an export carries it (how to render rows: template, columns, labels),
-    with data files named by their file name only."""
+    with data files named by their file name only and no credentials in any URI."""
     from kitae.config import config_to_dict, dump_yaml
+    from kitae.credentials import strip_credentials
 
     data = config_to_dict(config)
     for key in ("train", "dev", "test", "split_file"):
@@ -74,7 +75,7 @@ def public_config(config: Any) -> str:
             data["data"][key] = Path(data["data"][key]).name
     data["output"] = Path(str(data["output"])).name
     data["model"]["name"] = public_model_name(str(data["model"]["name"]))
-    return dump_yaml(data)
+    return dump_yaml(strip_credentials(data))
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, overwrite: bool = False,

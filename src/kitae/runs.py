@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -288,16 +289,18 @@ class Replacement:
     def recorded(cls, run_dir: Path) -> Replacement | None:
         """The replacement a run directory's run.json records (a resumed replacing run)."""
         previous = (run_info(run_dir) or {}).get("previous_run")
-        if previous and is_kitae_run(Path(previous)):
+        if previous and is_set_aside(Path(previous), Path(run_dir)):
             return cls(Path(run_dir), Path(previous))
         return None
 
     def discard(self) -> None:
-        """The new run is under way: delete the old one (and any run it was itself replacing)."""
+        """The new run is under way: delete the old one (and any run it was itself replacing).
+        Only what `move_aside` made for this place is deleted: a run.json naming any other folder
+        as its `previous_run` (edited, or copied from elsewhere) deletes nothing."""
         if self.done:
             return
         chain = self.aside
-        while chain is not None and is_kitae_run(chain):
+        while chain is not None and is_set_aside(chain, self.target):
             older = (run_info(chain) or {}).get("previous_run")
             shutil.rmtree(chain)
             chain = Path(older) if older else None
@@ -316,6 +319,19 @@ class Replacement:
         self.done = True
         if self.lock is not None:
             self.lock.release()
+
+
+def is_set_aside(path: Path, target: Path) -> bool:
+    """Whether `path` is a kitae run that `Replacement.move_aside` set aside from `target`: beside it
+    (same folder, symlinks resolved), named `.NAME.replaced-DATE-TIME-PID`.
+
+    >>> is_set_aside(Path("/nowhere/.run.replaced-20260101-120000-42"), Path("/nowhere/run"))
+    False
+    """
+    path, target = Path(path), Path(target).resolve()
+    pattern = rf"\.{re.escape(target.name)}\.replaced-\d{{8}}-\d{{6}}-\d+"
+    return (not path.is_symlink() and path.resolve().parent == target.parent
+            and re.fullmatch(pattern, path.name) is not None and is_kitae_run(path))
 
 
 def is_kitae_run(path: Path) -> bool:

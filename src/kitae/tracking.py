@@ -21,6 +21,7 @@ from typing import Any
 
 from kitae.catalog import flatten
 from kitae.config import RunConfig, config_to_dict
+from kitae.credentials import strip_credentials
 from kitae.errors import ConfigError
 from kitae.runs import run_info, update_run_info
 from kitae.training.callbacks import Callback
@@ -62,7 +63,8 @@ class Tracker(Callback):
     def finish(self, status: str) -> None: ...
 
     def params(self) -> dict[str, str]:
-        return {k: str(v) for k, v in flatten(config_to_dict(self.config)).items()}
+        # The tracker is often a shared server: no credentials of a URI in what it is sent.
+        return {k: str(v) for k, v in flatten(strip_credentials(config_to_dict(self.config))).items()}
 
     def remember(self, key: str, value: str) -> None:
         """Keep an id in run.json (a resumed run continues the same tracked run)."""

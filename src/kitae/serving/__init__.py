@@ -55,16 +55,20 @@ def weights_sha256(model_dir: Path) -> str:
 
 
 def read_token(path: str | Path | None) -> str | None:
-    """The bearer token in `path` (its first line, stripped); None without a file."""
+    """The bearer token in `path` (its first word); None without a file."""
     if path is None:
         return None
     path = Path(path)
     try:
-        token = path.read_text(encoding="utf-8").strip().splitlines()[0].strip() if path.stat().st_size else ""
+        lines = path.read_text(encoding="utf-8").split()
     except FileNotFoundError:
         raise KitaeError(f"{path}: no such token file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise KitaeError(f"{path}: cannot read the token file ({exc})") from None
+        raise KitaeError(f"{path}: cannot read the token file ({exc.__class__.__name__})") from None
+    if not lines:
+        raise KitaeError(f"{path}: the token file is empty; write a token of at least 16 characters in it "
+                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > token.txt)")
+    token = lines[0]
     if len(token) < 16:
         raise KitaeError(f"{path}: the token is {len(token)} characters; use at least 16 "
                          "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > token.txt)")
@@ -121,14 +125,18 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000, token_f
           trust_remote_code: bool = False, log_level: str = "info") -> None:
     """Serve until interrupted (Ctrl-C finishes the requests in flight, then stops)."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise KitaeError("kitae serve needs the serve extra: pip install 'kitae[serve]'") from None
+    from kitae.serving.app import ServeLimits
+    from kitae.serving.guards import run_server
+
     token = read_token(token_file)
     if token is None and not is_loopback(host):
-        logger.warning("serving on %s without a token: anyone who can reach this address can use the "
-                       "model (pass --token-file)", host)
+        raise KitaeError(f"--host {host}: serving beyond this machine needs a token (--token-file FILE); "
+                         "without one anyone who can reach the address could use the model")
+    limits = limits or ServeLimits()
     app = build_app(source, limits, token, device, batch_size, trust_remote_code)
     logger.info("serving %s on http://%s:%d (POST /predict, GET /info /metrics /health)%s", source, host, port,
                 "; bearer token required" if token else "")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    run_server(app, host, port, limits.edge(), log_level=log_level, graceful_seconds=30)

@@ -6,15 +6,18 @@
     GET  /health                      200 while the inference worker runs (never needs a token)
 
 Every refusal is one JSON object `{"error": "..."}` naming what was wrong (`texts[3]` for the
-fourth text), with the status a client can act on: 401 no or wrong token, 413 over a size bound,
-422 malformed input, 429 queue full (with `Retry-After`), 500 the model failed.
+fourth text), with the status a client can act on: 401 no or wrong token, 408 headers or body too
+slow, 413 over a size bound, 422 malformed input, 429 queue full (with `Retry-After`), 500 the model
+failed (the message names no exception; the server's log has it). Every answer is counted in
+`kitae_requests_total`. The edge (auth, bounds, deadlines, JSON errors) is `serving.guards`,
+shared with `kitae ui`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request) at runtime.
 
 import asyncio
 import hmac
-import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +25,20 @@ from typing import Any
 
 from kitae.errors import KitaeError
 from kitae.predictor import Classifier, EncodedInputs, Prediction
+from kitae.serving.guards import (
+    COUNT_KEY,
+    Edge,
+    EdgeLimits,
+    RequestError,
+    install_json_errors,
+    parse_json,
+)
 from kitae.serving.worker import BatchStats, InferenceWorker, QueueFull
+
+logger = logging.getLogger("kitae")
+
+__all__ = ["PredictService", "RequestError", "ServeLimits", "create_app"]
+ROUTES = ("/predict", "/info", "/metrics", "/health")
 
 
 @dataclass
@@ -34,22 +50,21 @@ class ServeLimits:
     max_text_chars: int = 20_000  # longer texts are refused; texts over max_length tokens are truncated
     max_queue_texts: int = 4096
     max_batch_tokens: int | None = None  # None: the run's batch size x max_length
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this
+    body_timeout_s: float = 30.0  # and its body within this after them
+
+    def edge(self) -> EdgeLimits:
+        return EdgeLimits(self.max_payload_bytes, self.header_timeout_s, self.body_timeout_s)
 
     def __post_init__(self) -> None:
         for name in ("max_payload_bytes", "max_texts_per_request", "max_text_chars", "max_queue_texts"):
             if getattr(self, name) < 1:
                 raise KitaeError(f"serve: {name} must be at least 1")
+        if min(self.header_timeout_s, self.body_timeout_s) <= 0:
+            raise KitaeError("serve: the header and body timeouts must be positive")
         if self.max_texts_per_request > self.max_queue_texts:
             raise KitaeError("serve: max_texts_per_request cannot exceed max_queue_texts "
                              "(such a request could never be queued)")
-
-
-class RequestError(Exception):
-    """A refusal: HTTP status, message, extra headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
 
 
 class ServeMetrics:
@@ -108,13 +123,7 @@ class PredictService:
 
     def parse(self, body: bytes) -> list[Any]:
         """The request's texts, as `Classifier.predict` takes them; RequestError otherwise."""
-        try:
-            payload = json.loads(body)
-        except UnicodeDecodeError:
-            raise RequestError(422, "the body is not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise RequestError(422, f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, "
-                                    f"column {exc.colno})") from None
+        payload = parse_json(body)
         if not isinstance(payload, dict) or "texts" not in payload:
             raise RequestError(422, 'the body must be a JSON object {"texts": [...]}')
         unknown = sorted(set(payload) - {"texts"})
@@ -186,102 +195,74 @@ def _strip_location(message: str) -> str:
 
 
 def create_app(service: PredictService, token: str | None = None) -> Any:
-    """The FastAPI app over a PredictService; the worker thread runs for the app's lifetime."""
+    """The FastAPI app over a PredictService; the worker thread runs for the app's lifetime.
+    With `token`, every route but /health needs `Authorization: Bearer <token>`."""
     import contextlib
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
+    metrics = service.metrics
+    limits = service.limits
+
+    def count(path: str, status: int) -> None:
+        metrics.requests.labels(path if path in ROUTES else "other", str(status)).inc()
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any):
         service.worker.start()
         try:
-            yield
+            yield {COUNT_KEY: count}  # the server's own 408s (headers too slow) are counted too
         finally:
             service.worker.stop()
 
     app = FastAPI(title="kitae", version=str(service.info.get("kitae_version", "")), lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service  # for tests and embedding applications
-    metrics = service.metrics
-    limits = service.limits
 
-    def refuse(exc: RequestError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-
-    def check_token(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
+    def authorise(scope: dict[str, Any]) -> RequestError | None:
+        if token is None or scope.get("path") == "/health":  # probes need no token
+            return None
+        given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise RequestError(401, "a bearer token is required: Authorization: Bearer <token>",
-                               {"WWW-Authenticate": "Bearer"})
+            return RequestError(401, "a bearer token is required: Authorization: Bearer <token>",
+                                {"WWW-Authenticate": "Bearer"})
+        return None
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Any:
-        try:
-            response = await call_next(request)
-        except RequestError as exc:
-            response = refuse(exc)
-        route = request.url.path if request.url.path in ("/predict", "/info", "/metrics", "/health") else "other"
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        return response
-
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_payload_bytes:
-            raise RequestError(413, f"the body is {declared} bytes; the limit is {limits.max_payload_bytes} "
-                                    "(--max-payload-bytes)")
-        chunks, size = [], 0
-        async for chunk in request.stream():  # also bounds bodies sent without a Content-Length
-            size += len(chunk)
-            if size > limits.max_payload_bytes:
-                raise RequestError(413, f"the body is over the limit of {limits.max_payload_bytes} bytes "
-                                        "(--max-payload-bytes)")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    app.add_middleware(Edge, limits=limits.edge(), authorise=authorise, on_answer=count)
+    install_json_errors(app, lambda method, path: f"no route {method} {path}: the routes are "
+                                                  "POST /predict, GET /info, /metrics, /health")
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
         started = time.perf_counter()
+        texts = service.parse(await request.body())
+        tokenize_started = time.perf_counter()
+        inputs = await run_in_threadpool(service.encode, texts)
+        metrics.tokenize_seconds.observe(time.perf_counter() - tokenize_started)
         try:
-            check_token(request)
-            texts = service.parse(await read_body(request))
-            tokenize_started = time.perf_counter()
-            inputs = await run_in_threadpool(service.encode, texts)
-            metrics.tokenize_seconds.observe(time.perf_counter() - tokenize_started)
-            try:
-                future = service.worker.submit(inputs)
-            except QueueFull as exc:
-                raise RequestError(429, f"{exc}; retry in about {exc.retry_after} s",
-                                   {"Retry-After": str(exc.retry_after)}) from None
-            try:
-                logits = await asyncio.wrap_future(future)
-            except Exception as exc:  # the model failed on this batch: say so, keep serving
-                raise RequestError(500, f"the model failed on this request: {type(exc).__name__}: {exc}") from None
-            answer = service.answer(inputs, logits)
-        except RequestError as exc:
-            return refuse(exc)
+            future = service.worker.submit(inputs)
+        except QueueFull as exc:
+            raise RequestError(429, f"{exc}; retry in about {exc.retry_after} s",
+                               {"Retry-After": str(exc.retry_after)}) from None
+        try:
+            logits = await asyncio.wrap_future(future)
+        except Exception:  # the model failed on this batch: say so (not how), keep serving
+            logger.exception("the model failed on a batch")
+            raise RequestError(500, "the model failed on this request; the server's log has the details") from None
+        answer = service.answer(inputs, logits)
         metrics.request_seconds.observe(time.perf_counter() - started)
         return JSONResponse(answer)
 
     @app.get("/info")
-    async def info(request: Request) -> Any:
-        try:
-            check_token(request)
-        except RequestError as exc:
-            return refuse(exc)
+    async def info() -> Any:
         return JSONResponse({**service.info, "limits": {**limits.__dict__,
                                                          "max_batch_tokens": service.worker.max_batch_tokens}})
 
     @app.get("/metrics")
-    async def prometheus(request: Request) -> Any:
-        try:
-            check_token(request)
-        except RequestError as exc:
-            return refuse(exc)
+    async def prometheus() -> Any:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -292,14 +273,4 @@ def create_app(service: PredictService, token: str | None = None) -> Any:
             return JSONResponse({"status": "down", "error": "the inference worker is not running"}, status_code=503)
         return JSONResponse({"status": "ok", "queued_texts": service.worker.queued_texts})
 
-    @app.exception_handler(404)
-    async def not_found(request: Request, _exc: Any) -> Any:
-        return JSONResponse({"error": f"no route {request.method} {request.url.path}: the routes are "
-                                      "POST /predict, GET /info, /metrics, /health"}, status_code=404)
-
-    @app.exception_handler(405)
-    async def wrong_method(request: Request, _exc: Any) -> Any:
-        return JSONResponse({"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405)
-
     return app
-

@@ -12,41 +12,49 @@ page (static/) that calls it. Every route names the command it stands for:
     POST /api/jobs/launch|stop|resume   `kitae train CONFIG [--resume]`, SIGTERM
     POST /api/try                  mounts `kitae serve RUN` at /serve/N/ (POST /serve/N/predict)
     POST /api/generate             `kitae generate RUN --prompt` (sft / causal_lm)
-    POST /api/export, /api/push    `kitae export`, `kitae push`
+    POST /api/export               `kitae export`
+    POST /api/push/preview, /api/push   what `kitae push` would upload (staged), then the upload
 
-Bound to localhost the page needs no token, but requests must name a local Host (no DNS
-rebinding) and writes carry an `X-Kitae` header (no cross-site form posts); bound elsewhere,
-every API route needs the bearer token (header, or the cookie `/?token=...` sets).
+Every route needs the token (`ui/auth.py`: the login address sets an HttpOnly cookie; scripts send
+a bearer header); files are read only inside the folders the UI was started for, and a submitted
+config is held to them too (`ui/folders.py`). Bodies, deadlines and JSON errors are the edge
+`kitae serve` uses (`serving/guards.py`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request) at runtime.
 
 import csv
 import hashlib
-import hmac
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kitae.errors import KitaeError
 from kitae.runs import read_json, run_status
+from kitae.serving.guards import Edge, EdgeLimits, RequestError, install_json_errors, parse_json
+from kitae.ui.auth import Access, login_page
+from kitae.ui.folders import Folders
 
 STATIC = Path(__file__).parent / "static"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SHOWN_FILES = (".png", ".csv", ".json", ".md", ".log", ".yaml", ".jsonl")
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1", "testserver")
+UI_LIMITS = EdgeLimits(max_body_bytes=2_000_000)  # a form, a pasted YAML: never megabytes
 
 
 class UIState:
     """What the routes share: the runs folder, the jobs, the served runs and loaded generators."""
 
-    def __init__(self, runs_dir: Path, token: str | None, base_dir: Path, examples_dir: Path | None) -> None:
+    def __init__(self, runs_dir: Path, access: Access, base_dir: Path, examples_dir: Path | None,
+                 data_roots: Sequence[Path] = (), allow_remote_code: bool = False) -> None:
         from kitae.ui.jobs import Jobs
 
         self.runs_dir = Path(runs_dir).resolve()
-        self.token = token
+        self.access = access
         self.base_dir = Path(base_dir).resolve()
         self.examples_dir = examples_dir
+        self.folders = Folders.of(self.base_dir, self.runs_dir, *data_roots, examples_dir,
+                                  allow_remote_code=allow_remote_code)
         self.jobs = Jobs(self.runs_dir)
         self.served: dict[str, tuple[int, Any]] = {}  # run name -> (mount number, serving app)
         self.generators: dict[str, Any] = {}
@@ -62,15 +70,19 @@ def find_examples_dir(base_dir: Path) -> Path | None:
 
 
 def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | None = None,
-                  local_only: bool = True) -> Any:
+                  local_only: bool = True, data_roots: Sequence[Path] = (), allow_remote_code: bool = False) -> Any:
+    """The page and its API. `token` None serves without one (`--no-token`: loopback only)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
     from starlette.routing import Mount
 
+    if token is None and not local_only:
+        raise KitaeError("kitae ui beyond localhost needs a token")
     base = Path(base_dir or Path.cwd())
-    state = UIState(Path(runs_dir), token, base, find_examples_dir(base))
+    state = UIState(Path(runs_dir), Access(token, local_only), base, find_examples_dir(base), data_roots,
+                    allow_remote_code)
     state.runs_dir.mkdir(parents=True, exist_ok=True)
 
     import contextlib
@@ -83,45 +95,35 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
 
     app = FastAPI(title="kitae ui", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ui = state
-
-    def authorised(request: Request) -> bool:
-        if state.token is None:
-            return True
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        given = value.strip() if scheme.lower() == "bearer" else request.cookies.get("kitae_token", "")
-        return hmac.compare_digest(given.encode(), state.token.encode())
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        path = request.url.path
-        host = request.headers.get("host", "").rsplit(":", 1)[0] if "]" not in request.headers.get("host", "") \
-            else request.headers.get("host", "").split("]")[0] + "]"
-        if local_only and host not in LOCAL_HOSTS:
-            return JSONResponse({"error": f"host {host!r} refused: kitae ui answers on localhost only"},
-                                status_code=403)
-        if path.startswith(("/api/", "/serve/")):
-            if not authorised(request):
-                return JSONResponse({"error": "a token is required: open the address kitae ui printed "
-                                              "(…/?token=…)"}, status_code=401)
-            if request.method == "POST" and path.startswith("/api/") and request.headers.get("x-kitae") != "1":
-                return JSONResponse({"error": "missing X-Kitae header"}, status_code=403)
-        return await call_next(request)
+    app.add_middleware(Edge, limits=UI_LIMITS, authorise=state.access.refusal)
+    install_json_errors(app)
 
     @app.exception_handler(KitaeError)
     async def user_error(_request: Request, exc: KitaeError) -> Any:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
+    async def body_of(request: Request) -> dict[str, Any]:
+        body = parse_json(await request.body())
+        if not isinstance(body, dict):
+            raise RequestError(422, "the body must be a JSON object")
+        return body
+
     # --- the page ---------------------------------------------------------------------------
 
     @app.get("/")
     async def index(request: Request) -> Any:
-        response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
         given = request.query_params.get("token")
-        if given is not None and state.token is not None and hmac.compare_digest(given.encode(), state.token.encode()):
-            # The cookie lets images load; the page sends the token as a header to the API and to
-            # the mounted `kitae serve` apps (which read only the header).
-            response.set_cookie("kitae_token", given, httponly=True, samesite="strict")
-        return response
+        if given is not None:
+            if not state.access.token_matches(given):
+                return HTMLResponse(login_page(wrong=True), status_code=401)
+            # Jupyter's way: the token once in the address, then a cookie scripts cannot read, and
+            # the address without the token (history, screen shares, Referer headers).
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(state.access.cookie_name, state.access.session, httponly=True, samesite="strict")
+            return response
+        if not state.access.authorised(dict(request.scope["headers"])):
+            return HTMLResponse(login_page(wrong=False), status_code=401)
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/static/fonts/ipaexg.ttf")
     async def japanese_font() -> Any:
@@ -152,16 +154,14 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
 
     @app.post("/api/config/check")
     async def config_check(request: Request) -> Any:
-        from kitae.ui.form import check
-
-        body = await request.json()
-        return await run_in_threadpool(check, body.get("values", {}), state.base_dir)
+        body = await body_of(request)
+        return await run_in_threadpool(_check, state, body.get("values", {}))
 
     @app.post("/api/config/load")
     async def config_load(request: Request) -> Any:
         from kitae.ui.form import yaml_to_values
 
-        body = await request.json()
+        body = await body_of(request)
         kind = body.get("source")
         if kind == "example":
             if state.examples_dir is None:
@@ -186,7 +186,7 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
     @app.get("/api/files")
     async def files(dir: str = "") -> Any:  # noqa: A002 (the query parameter's name)
         folder = Path(dir).expanduser() if dir else state.base_dir
-        folder = (state.base_dir / folder).resolve() if not folder.is_absolute() else folder.resolve()
+        folder = state.folders.require(state.base_dir / folder, "folder")
         if not folder.is_dir():
             raise KitaeError(f"{folder}: not a folder")
         entries = []
@@ -202,11 +202,13 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
             elif child.suffix.lower() in (*DATA_SUFFIXES, ".yaml", ".yml"):
                 entries.append({"name": child.name, "path": str(child), "dir": False,
                                 "bytes": child.stat().st_size})
-        return {"folder": str(folder), "parent": str(folder.parent), "entries": entries[:500]}
+        parent = str(folder.parent) if state.folders.contains(folder.parent) else None
+        return {"folder": str(folder), "parent": parent, "entries": entries[:500],
+                "roots": [str(root) for root in state.folders.roots]}
 
     @app.post("/api/data/analyze")
     async def data_analyze(request: Request) -> Any:
-        body = await request.json()
+        body = await body_of(request)
         return await run_in_threadpool(_analyze, state, body)
 
     @app.get("/api/analysis/file")
@@ -230,19 +232,19 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
 
     @app.post("/api/compare")
     async def compare(request: Request) -> Any:
-        body = await request.json()
+        body = await body_of(request)
         return await run_in_threadpool(_compare, state, list(body.get("runs", [])))
 
     # --- jobs -------------------------------------------------------------------------------
 
     @app.post("/api/jobs/launch")
     async def launch(request: Request) -> Any:
-        from kitae.ui.form import absolute_inputs, check, values_to_config
+        from kitae.ui.form import absolute_inputs, values_to_config
         from kitae.ui.jobs import describe_job
 
-        body = await request.json()
+        body = await body_of(request)
         values = body.get("values", {})
-        result = await run_in_threadpool(check, values, state.base_dir)
+        result = await run_in_threadpool(_check, state, values)
         if not result["valid"]:
             return JSONResponse({"error": result["message"], "errors": result["errors"]}, status_code=400)
         config = absolute_inputs(values_to_config(values), state.base_dir)
@@ -251,7 +253,7 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
 
     @app.post("/api/jobs/stop")
     async def stop(request: Request) -> Any:
-        body = await request.json()
+        body = await body_of(request)
         pid = state.jobs.stop(str(body.get("run", "")))
         return {"stopped": pid}
 
@@ -259,15 +261,15 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
     async def resume(request: Request) -> Any:
         from kitae.ui.jobs import describe_job
 
-        body = await request.json()
-        job = await run_in_threadpool(state.jobs.resume, str(body.get("run", "")))
+        body = await body_of(request)
+        job = await run_in_threadpool(state.jobs.resume, str(body.get("run", "")), state.folders.check_config)
         return {"job": describe_job(job), "run": job.name}
 
     # --- try, export, push ------------------------------------------------------------------
 
     @app.post("/api/try")
     async def try_run(request: Request) -> Any:
-        body = await request.json()
+        body = await body_of(request)
         name = str(body.get("run", ""))
         served = await run_in_threadpool(_served_app, state, name)
         if served is None:
@@ -284,14 +286,14 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
 
     @app.post("/api/generate")
     async def generate(request: Request) -> Any:
-        body = await request.json()
+        body = await body_of(request)
         return await run_in_threadpool(_generate, state, str(body.get("run", "")), list(body.get("prompts", [])))
 
     @app.post("/api/export")
     async def export(request: Request) -> Any:
         from kitae.export import export_run
 
-        body = await request.json()
+        body = await body_of(request)
         name = str(body.get("run", ""))
         run_dir = state.jobs.run_dir(name)
         merge = bool(body.get("merge"))
@@ -299,17 +301,22 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
         folder = await run_in_threadpool(lambda: export_run(run_dir, out, merge=merge, overwrite=True))
         return {"folder": str(folder), "command": f"kitae export {run_dir} {out}{' --merge' if merge else ''} --overwrite"}
 
+    @app.post("/api/push/preview")
+    async def push_preview(request: Request) -> Any:
+        body = await body_of(request)
+        return await run_in_threadpool(_stage_push, state, str(body.get("run", "")), body)
+
     @app.post("/api/push")
     async def push(request: Request) -> Any:
-        from kitae.hub import push_run
+        from kitae.hub import hub_api, upload_folder
 
-        body = await request.json()
-        run_dir = state.jobs.run_dir(str(body.get("run", "")))
-        repo_id = str(body.get("repo_id", "")).strip()
-        if not repo_id:
-            raise KitaeError("repo id: give user-or-org/name")
-        url = await run_in_threadpool(lambda: push_run(run_dir, repo_id, private=bool(body.get("private"))))
-        return {"url": url}
+        body = await body_of(request)
+        staged = await run_in_threadpool(_stage_push, state, str(body.get("run", "")), body, False)
+        # Private unless the form says otherwise: a click must not publish a model by accident.
+        url = await run_in_threadpool(lambda: upload_folder(Path(staged["folder"]), staged["repo_id"],
+                                                            staged["private"], hub_api(),
+                                                            f"kitae: upload {staged['run']}"))
+        return {"url": url, "private": staged["private"]}
 
     return app
 
@@ -325,15 +332,30 @@ def _file_response(folder: Path, file: str) -> Any:
     return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
+def _check(state: UIState, values: dict[str, Any]) -> dict[str, Any]:
+    """`kitae config check` on the form, and the UI's own rules beside its messages: every path
+    inside its folders, no remote code unless allowed (checked here, before anything opens a file
+    the form names: config check itself only looks at names)."""
+    from kitae.ui.form import absolute_inputs, check, values_to_config
+
+    result = check(values, state.base_dir)
+    problems = state.folders.config_problems(absolute_inputs(values_to_config(values), state.base_dir))
+    if not problems:
+        return result
+    message = "; ".join(p["message"] for p in problems)
+    return {**result, "valid": False, "message": f"{result['message']}\n{message}" if result["message"] else message,
+            "errors": [*result["errors"], *problems]}
+
+
 def _analyze(state: UIState, body: dict[str, Any]) -> dict[str, Any]:
     """`kitae data analyze CONFIG` when the form is a valid config, else `kitae data analyze FILE`
     with the form's task and columns."""
     from kitae.config import config_from_dict
     from kitae.data.analysis import analyze, file_config
-    from kitae.ui.form import absolute_inputs, check, values_to_config
+    from kitae.ui.form import absolute_inputs, values_to_config
 
     values = body.get("values", {})
-    checked = check(values, state.base_dir)
+    checked = _check(state, values)
     if checked["valid"]:
         config = config_from_dict(absolute_inputs(values_to_config(values), state.base_dir), source="the form")
         command = "kitae data analyze CONFIG.yaml"
@@ -342,7 +364,7 @@ def _analyze(state: UIState, body: dict[str, Any]) -> dict[str, Any]:
         train = str(values.get("data.train", "")).strip()
         if not train:
             raise KitaeError("data.train: give a data file to analyse")
-        path = Path(train) if Path(train).is_absolute() else state.base_dir / train
+        path = state.folders.require(state.base_dir / Path(train).expanduser(), "data.train")
         task = str(values.get("task") or "single_label")
         text_field = str(values.get("data.text_field") or "text")
         label_field = str(values.get("data.label_field") or "label")
@@ -510,7 +532,7 @@ def _served_app(state: UIState, name: str) -> tuple[int, Any] | None:
         task = (read_json(run_dir / "labels.json") or {}).get("task")
         if task in ("sft", "causal_lm"):
             return None
-        serving = build_app(run_dir, token=state.token)
+        serving = build_app(run_dir)  # the UI's own guard stands before /serve/N/ (token, host)
         serving.state.service.worker.start()
         state.served[name] = (len(state.served) + 1, serving)
         return state.served[name]
@@ -530,3 +552,22 @@ def _generate(state: UIState, name: str, prompts: list[str]) -> dict[str, Any]:
     if not hasattr(generator, "generate"):
         raise KitaeError(f"run {name}: a classifier; use predict")
     return {"generations": generator.generate(prompts[:64])}
+
+
+def _stage_push(state: UIState, name: str, body: dict[str, Any], refresh: bool = True) -> dict[str, Any]:
+    """What a push of run `name` uploads: its export, staged under the UI's folder (made again when
+    `refresh`, or when missing), with every file and its size, so the page can show it first."""
+    from kitae.hub import check_repo_id, stage_push
+
+    run_dir = state.jobs.run_dir(name)
+    repo_id = str(body.get("repo_id", "")).strip()
+    if not repo_id:
+        raise KitaeError("repo id: give user-or-org/name")
+    check_repo_id(repo_id)
+    folder = state.jobs.home / "push" / state.jobs.name_of(run_dir).replace("/", "__")
+    if refresh or not folder.is_dir():
+        stage_push(run_dir, folder, overwrite=True)
+    files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    return {"run": name, "repo_id": repo_id, "private": body.get("private", True) is not False,
+            "folder": str(folder), "files": [{"name": n, "bytes": b} for n, b in files],
+            "bytes": sum(b for _, b in files)}

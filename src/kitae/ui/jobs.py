@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,15 @@ class Jobs:
     # --- paths ------------------------------------------------------------------------------
 
     def run_dir(self, name: str) -> Path:
-        """The folder of run `name`, refused unless it lies inside RUNS_DIR."""
-        if not name or name.startswith(UI_DIR):
-            raise KitaeError(f"run {name!r}: not a run name")
+        """The folder of run `name`, refused unless it lies inside RUNS_DIR and outside the UI's
+        own folder (`..` and symlinks resolved before either is checked)."""
+        if not name:
+            raise KitaeError("run: give a run name")
         path = (self.runs_dir / name).resolve()
         if path == self.runs_dir or self.runs_dir not in path.parents:
-            raise KitaeError(f"run {name!r}: must be a folder inside {self.runs_dir}")
+            raise KitaeError(f"run {name!r}: must be a folder inside the runs folder")
+        if path == self.home or self.home in path.parents:
+            raise KitaeError(f"run {name!r}: not a run name")
         return path
 
     def name_of(self, run_dir: Path) -> str:
@@ -109,8 +113,9 @@ class Jobs:
                              "runs only inside it")
         return self.name_of(path)
 
-    def resume(self, name: str) -> Job:
-        """`kitae train CONFIG --resume` with the config the run was started with."""
+    def resume(self, name: str, check_config: Callable[[dict[str, Any]], None] | None = None) -> Job:
+        """`kitae train CONFIG --resume` with the config the run was started with (held to
+        `check_config` first: the UI's folders and remote-code rule)."""
         run_dir = self.run_dir(name)
         status = run_status(run_dir)
         if status is None:
@@ -121,6 +126,10 @@ class Jobs:
             raise KitaeError(f"run {name}: already {status}; nothing to resume")
         job = self.recorded(name)
         config = Path(job.config) if job is not None and Path(job.config).is_file() else run_dir / "config.yaml"
+        if check_config is not None:
+            import yaml
+
+            check_config(yaml.safe_load(config.read_text(encoding="utf-8")) or {})
         return self._start(name, config, ["--resume"], cwd=job.cwd if job is not None else None)
 
     def _start(self, name: str, config: Path, extra: list[str], cwd: str | None = None) -> Job:

@@ -26,7 +26,8 @@ const TEXT = {
     "run.plots": "Reports", "run.config": "Config", "run.try": "Try it", "run.try_hint": "One text per line (a batch).",
     "run.try_pair": "Text A / text B", "run.predict": "Predict", "run.generate": "Generate",
     "run.export": "Export and push", "run.export_btn": "Export", "run.merge": "merge LoRA into the weights",
-    "run.push_btn": "Push to the hub", "run.private": "private", "run.elapsed": "elapsed in this process",
+    "run.push_btn": "Push to the hub", "run.private": "private", "run.public": "PUBLIC",
+    "run.push_preview": "Show what would be uploaded", "run.push_files": "files to upload:", "run.elapsed": "elapsed in this process",
     "run.threshold": "threshold", "run.notyet": "Try it once the run has finished.",
     "cmp.title": "Compare runs", "cmp.pick": "Tick runs in the Runs table, or choose them here:", "cmp.go": "Compare",
     "cmp.diff": "Settings that differ", "cmp.metrics": "Metrics", "cmp.curves": "History", "cmp.plots": "Reports",
@@ -54,7 +55,8 @@ const TEXT = {
     "run.plots": "レポート", "run.config": "設定", "run.try": "試す", "run.try_hint": "1 行に 1 テキスト（まとめて予測）。",
     "run.try_pair": "テキスト A / テキスト B", "run.predict": "予測", "run.generate": "生成",
     "run.export": "エクスポートと公開", "run.export_btn": "エクスポート", "run.merge": "LoRA を重みに統合",
-    "run.push_btn": "Hub に push", "run.private": "非公開", "run.elapsed": "このプロセスの経過",
+    "run.push_btn": "Hub に push", "run.private": "非公開", "run.public": "公開",
+    "run.push_preview": "アップロード内容を確認", "run.push_files": "アップロードするファイル:", "run.elapsed": "このプロセスの経過",
     "run.threshold": "しきい値", "run.notyet": "ランが終わったら試せます。",
     "cmp.title": "ランの比較", "cmp.pick": "ラン一覧でチェックするか、ここで選んでください:", "cmp.go": "比較",
     "cmp.diff": "異なる設定", "cmp.metrics": "指標", "cmp.curves": "学習履歴", "cmp.plots": "レポート",
@@ -76,15 +78,13 @@ function setLang(next) {
 }
 
 // --- helpers ------------------------------------------------------------------------------
-const token = new URLSearchParams(location.search).get("token") || sessionStorage.getItem("kitae.token");
-if (token) sessionStorage.setItem("kitae.token", token);
-
+// The login cookie (HttpOnly: this script never sees the token) goes with every same-origin call.
 async function api(path, body) {
   const headers = {"X-Kitae": "1"};
-  if (token) headers.Authorization = `Bearer ${token}`;
   const init = body === undefined ? {headers} : {method: "POST", headers: {...headers, "Content-Type": "application/json"}, body: JSON.stringify(body)};
   const response = await fetch(path, init);
   const data = await response.json().catch(() => ({error: `${response.status} ${response.statusText}`}));
+  if (response.status === 401) { location.href = "/"; }  // logged out (a new token after a restart): the login form
   if (!response.ok) { const err = new Error(data.error || response.statusText); err.data = data; throw err; }
   return data;
 }
@@ -342,7 +342,7 @@ async function pickFile(path, inputId, folder) {
   try { listing = await api(`/api/files?dir=${encodeURIComponent(start)}`); } catch (err) { listing = await api("/api/files"); }
   document.getElementById("picker-folder").textContent = listing.folder;
   document.getElementById("picker-list").replaceChildren(
-    h("li", {}, h("a", {href: "#", onclick: e => { e.preventDefault(); pickFile(path, inputId, listing.parent); }}, t("picker.up"))),
+    listing.parent === null ? "" : h("li", {}, h("a", {href: "#", onclick: e => { e.preventDefault(); pickFile(path, inputId, listing.parent); }}, t("picker.up"))),
     listing.entries.map(entry => h("li", {}, h("a", {href: "#", class: entry.dir ? "dir" : "file", onclick: e => {
       e.preventDefault();
       if (entry.dir) { pickFile(path, inputId, entry.path); return; }
@@ -491,7 +491,7 @@ function predictionView(text, p, thresholds) {
 function exportPanel(name) {
   const merge = h("input", {type: "checkbox", id: "merge"});
   const repo = h("input", {type: "text", id: "repo-id", placeholder: "user/name"});
-  const priv = h("input", {type: "checkbox", id: "private"});
+  const priv = h("input", {type: "checkbox", id: "private", checked: true});
   const out = h("div", {id: "export-output"});
   return h("section", {class: "card"}, h("h2", {}, t("run.export")),
     h("div", {class: "actions"},
@@ -501,10 +501,19 @@ function exportPanel(name) {
         catch (err) { out.replaceChildren(h("p", {class: "error"}, err.message)); }
       }}, t("run.export_btn"))),
     h("div", {class: "actions"}, repo, h("label", {class: "check"}, priv, t("run.private")),
-      h("button", {type: "button", onclick: async () => {
-        try { const r = await api("/api/push", {run: name, repo_id: repo.value, private: priv.checked}); out.replaceChildren(h("p", {class: "ok"}, `✓ ${r.url}`)); }
-        catch (err) { out.replaceChildren(h("p", {class: "error"}, err.message)); }
-      }}, t("run.push_btn"))), out);
+      h("button", {type: "button", id: "push-preview", onclick: async () => {
+        // First what would be uploaded, and where; the upload itself is a second, explicit click.
+        out.replaceChildren(h("p", {class: "muted"}, "…"));
+        try {
+          const staged = await api("/api/push/preview", {run: name, repo_id: repo.value, private: priv.checked});
+          const confirm = h("button", {type: "button", id: "push-confirm", class: staged.private ? "" : "danger", onclick: async () => {
+            try { const r = await api("/api/push", {run: name, repo_id: staged.repo_id, private: staged.private}); out.replaceChildren(h("p", {class: "ok"}, `✓ ${r.url} (${r.private ? t("run.private") : t("run.public")})`)); }
+            catch (err) { out.replaceChildren(h("p", {class: "error"}, err.message)); }
+          }}, `${t("run.push_btn")}: ${staged.repo_id} (${staged.private ? t("run.private") : t("run.public")})`);
+          out.replaceChildren(h("p", {id: "push-summary"}, `${t("run.push_files")} ${staged.files.length} (${(staged.bytes / 1048576).toFixed(1)} MiB) → ${staged.repo_id}, ${staged.private ? t("run.private") : t("run.public")}`),
+            simpleTable(["file", "bytes"], staged.files.map(f => [f.name, f.bytes])), confirm);
+        } catch (err) { out.replaceChildren(h("p", {class: "error"}, err.message)); }
+      }}, t("run.push_preview"))), out);
 }
 
 // --- compare ------------------------------------------------------------------------------
