@@ -61,7 +61,6 @@ def _task_of(values: dict[str, Any]) -> str:
     return task if isinstance(task, str) and task in TASK_CONFIGS else DEFAULT_TASK
 
 
-
 def _field(path: str, section: str, prop: dict[str, Any], required: bool) -> dict[str, Any]:
     options = [a for a in prop.get("anyOf", [prop]) if a.get("type") != "null"]
     nullable = len(options) < len(prop.get("anyOf", [prop]))
