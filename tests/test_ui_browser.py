@@ -132,11 +132,11 @@ def test_create_launch_reopen_stop_resume_watch_compare_try(tiny_models, tmp_pat
         page.wait_for_function("document.querySelector('#launch').textContent === 'Launch training'")
         # The form is the chosen task's: multi_label's has thresholds, single_label's none.
         page.select_option("[name='task']", "multi_label")
-        page.wait_for_selector(".field[data-path='evaluation.thresholds']")
+        page.wait_for_selector(".field[data-path='evaluation.thresholds']", state="attached")  # a closed section
         paths = page.eval_on_selector_all(".field[data-path]", "els => els.map(e => e.dataset.path)")
         assert set(paths) == schema_keys("multi_label")
         page.select_option("[name='task']", "single_label")
-        page.wait_for_selector(".field[data-path='balance.sampling']")
+        page.wait_for_selector(".field[data-path='balance.sampling']", state="attached")
         assert page.query_selector(".field[data-path='evaluation.thresholds']") is None
 
         values = {"data.train": str(files["train"]), "data.dev": str(files["dev"]), "data.test": str(files["test"]),
