@@ -69,7 +69,7 @@ def test_the_form_is_the_chosen_tasks_schema(tmp_path):
     assert {"generation.min_p", "data.instruction_field"} <= schema_keys("sft")
     assert "generation.min_p" in schema_keys("causal_lm") and "data.instruction_field" not in schema_keys("causal_lm")
     assert not any(k.startswith("balance.") for k in schema_keys("regression") | schema_keys("reward"))
-    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path))
+    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path), base_url="http://127.0.0.1")
     served = client.get("/api/schema", params={"task": "multi_label"}).json()
     assert served["task"] == "multi_label" and {f["path"] for f in served["fields"]} == multi
     assert {f["path"] for f in client.get("/api/schema").json()["fields"]} == single
