@@ -436,7 +436,7 @@ def test_sft_config_rules():
     from kitae.errors import ConfigError
 
     for data, adapter, training, message in [
-        ({"label_fields": ["a"]}, {}, {}, "data.label_fields is for classification"),
+        ({"label_fields": ["a"]}, {}, {}, "data.label_fields: belongs to tasks multi_label and regression, not sft"),
         ({}, {"type": "prompt_tuning"}, {"packing": True}, "packing cannot be used with adapter.type: prompt_tuning"),
         ({"answer_choice_field": "label"}, {}, {}, "needs data.choice_fields"),
         ({}, {}, {"select_metric": "macro_f1"}, "not a sft metric"),

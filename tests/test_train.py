@@ -256,8 +256,9 @@ def test_a_collapsed_model_is_reported():
         "every example is predicted 'neutral'"
     assert single.collapse_warning([0, 1, 0], np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])) is None
     assert single.collapse_warning([0, 0], np.array([[2.0, 0.0], [1.0, 0.0]])) is None  # dev has one class
-    cfg.task = "multi_label"
-    multi = MultiLabelTask(cfg, ["a", "b"])
+    multi_cfg = config_from_dict({"task": "multi_label", "data": {"train": "t.jsonl"}, "model": {"name": "m"},
+                                  "output": "o"}, check_files=False)
+    multi = MultiLabelTask(multi_cfg, ["a", "b"])
     targets = [np.array([1, 0]), np.array([0, 1])]
     assert multi.collapse_warning(targets, np.full((2, 2), -3.0)) is not None  # never any category
     assert multi.collapse_warning(targets, np.array([[3.0, -3.0], [-3.0, -3.0]])) is None

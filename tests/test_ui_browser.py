@@ -156,6 +156,14 @@ def test_create_launch_reopen_stop_resume_watch_compare_try(tiny_models, tmp_pat
         assert "学習データ" in page.inner_text(".field[data-path='data.train'] .help")
         page.click("#lang-en")
         page.wait_for_function("document.querySelector('#launch').textContent === 'Launch training'")
+        # The form is the chosen task's: multi_label's has thresholds, single_label's none.
+        page.select_option("[name='task']", "multi_label")
+        page.wait_for_selector(".field[data-path='evaluation.thresholds']", state="attached")  # a closed section
+        paths = page.eval_on_selector_all(".field[data-path]", "els => els.map(e => e.dataset.path)")
+        assert set(paths) == schema_keys("multi_label")
+        page.select_option("[name='task']", "single_label")
+        page.wait_for_selector(".field[data-path='balance.sampling']", state="attached")
+        assert page.query_selector(".field[data-path='evaluation.thresholds']") is None
 
         values = {"data.train": str(files["train"]), "data.dev": str(files["dev"]), "data.test": str(files["test"]),
                   "model.name": str(tiny_models["llama"]), "model.max_length": "32", "adapter.r": "8",

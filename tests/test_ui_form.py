@@ -11,7 +11,7 @@ from conftest import tiny_config, write_jsonl
 from typer.testing import CliRunner
 
 from kitae.cli import app as cli
-from kitae.config import RunConfig, config_to_dict, load_config
+from kitae.config import TASK_CONFIGS, config_to_dict, load_config, task_schema
 from kitae.ui.form import check, form_fields, sections, values_to_config, yaml_to_values
 from kitae.ui.i18n import DESCRIPTIONS_JA, SECTION_TITLES
 
@@ -19,9 +19,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytest.importorskip("fastapi")
 
 
-def schema_keys() -> set[str]:
-    """Every leaf key of the config's JSON schema, as a dotted path."""
-    schema = RunConfig.model_json_schema()
+def schema_keys(task: str = "single_label") -> set[str]:
+    """Every leaf key of the task's config JSON schema, as a dotted path."""
+    schema = task_schema(task)
     keys: set[str] = set()
 
     def walk(properties: dict, prefix: str) -> None:
@@ -37,17 +37,52 @@ def schema_keys() -> set[str]:
 
 
 def test_every_schema_key_is_a_field_with_english_and_japanese_help():
+    every_key: set[str] = set()
+    for task in TASK_CONFIGS:
+        fields = {f["path"]: f for f in form_fields(task)}
+        assert set(fields) == schema_keys(task), task
+        every_key |= set(fields)
+        for path, field in fields.items():
+            assert field["description"]["en"], path
+            assert field["description"]["ja"], path
+        assert {s["section"] for s in sections(task)} <= set(SECTION_TITLES)
+    assert set(DESCRIPTIONS_JA) == every_key, "every config key needs a Japanese description (kitae/ui/i18n.py)"
     fields = {f["path"]: f for f in form_fields()}
-    assert set(fields) == schema_keys()
-    assert set(DESCRIPTIONS_JA) == schema_keys(), "every config key needs a Japanese description (kitae/ui/i18n.py)"
-    for path, field in fields.items():
-        assert field["description"]["en"], path
-        assert field["description"]["ja"], path
-    assert {s["section"] for s in sections()} <= set(SECTION_TITLES)
-    assert fields["task"]["kind"] == "choice" and "single_label" in fields["task"]["choices"]
+    assert fields["task"]["kind"] == "choice" and fields["task"]["choices"] == list(TASK_CONFIGS)
     assert fields["adapter.type"]["choices"] == ["lora", "qlora", "full", "prompt_tuning"]
     assert fields["training.epochs"]["kind"] == "int" and fields["training.epochs"]["bounds"] == {"exclusiveMinimum": 0}
-    assert fields["data.train"]["required"] and fields["evaluation.thresholds"]["kind"] == "yaml"
+    assert fields["data.train"]["required"]
+    assert {f["path"]: f for f in form_fields("multi_label")}["evaluation.thresholds"]["kind"] == "yaml"
+
+
+def test_the_form_is_the_chosen_tasks_schema(tmp_path):
+    """Each task's form has its own keys: thresholds for multi_label only, generation for the
+    generative tasks, instruction columns for sft; /api/schema?task= serves that form."""
+    from fastapi.testclient import TestClient
+
+    from kitae.ui import create_ui_app
+
+    single, multi = schema_keys("single_label"), schema_keys("multi_label")
+    assert "evaluation.thresholds" in multi and "evaluation.thresholds" not in single
+    assert "balance.sampling" in single and "balance.sampling" not in multi and "balance.target_rate" in multi
+    assert not any(k.startswith("generation.") for k in single | multi)
+    assert {"generation.min_p", "data.instruction_field"} <= schema_keys("sft")
+    assert "generation.min_p" in schema_keys("causal_lm") and "data.instruction_field" not in schema_keys("causal_lm")
+    assert not any(k.startswith("balance.") for k in schema_keys("regression") | schema_keys("reward"))
+    client = TestClient(create_ui_app(tmp_path / "runs", base_dir=tmp_path), base_url="http://127.0.0.1")
+    served = client.get("/api/schema", params={"task": "multi_label"}).json()
+    assert served["task"] == "multi_label" and {f["path"] for f in served["fields"]} == multi
+    assert {f["path"] for f in client.get("/api/schema").json()["fields"]} == single
+    assert client.get("/api/schema", params={"task": "nope"}).status_code == 400
+    # Values of another task's keys (left from before the task changed) stay out of the config.
+    values = {"task": "single_label", "data.train": "t.jsonl", "evaluation.thresholds": "tune"}
+    assert "evaluation" not in values_to_config(values)
+    # An older run directory's config.yaml holds every task's keys at their defaults: not unknown.
+    _, unknown = yaml_to_values("task: single_label\ngeneration: {max_new_tokens: 64, stop: []}\n"
+                                "evaluation: {thresholds: 0.5, generate_each_epoch: false}\n")
+    assert unknown == []
+    _, unknown = yaml_to_values("task: single_label\nevaluation: {thresholds: tune}\n")
+    assert unknown == ["evaluation.thresholds"]
 
 
 def _values(tiny_models, separable_data, tmp_path, **changes) -> dict:

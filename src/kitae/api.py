@@ -118,7 +118,7 @@ def _train_run(config: RunConfig, config_file: Path | None, dist: distributed.Di
                           config.model.attn_implementation, config.adapter.type, config.training.kernels)
     source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
     backbone = load_backbone(source, config.model)
-    check_token_budget(backbone.tokenizer, config.model.max_length, pair=bool(config.data.text_fields))
+    check_token_budget(backbone.tokenizer, config.model.max_length, pair=bool(config.data.pair_fields()))
     splits = {name: task.encode(name, split, backbone) for name, split in examples.items()}
     from kitae.tracking import check_trackers, make_trackers
 
@@ -330,15 +330,21 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
     meta = {"task": config.task, "labels": task.labels,
             "base_model": {"path": source.path, "gguf_file": source.gguf_file, "revision": source.revision},
             "model": config.model.model_dump(mode="json"), "adapter": config.adapter.model_dump(mode="json"),
-            "data": {"template": config.data.template, "text_field": config.data.text_field,
-                     "text_fields": config.data.text_fields, "prompt_field": config.data.prompt_field,
-                     "label_field": config.data.label_field, "id_field": config.data.id_field},
+            "data": _input_keys(config),
             "task_state": task.state(), "kitae_version": __version__}
     task.save_model(model, backbone, run_dir / MODEL_DIR, meta, weights=weights)
     write_card(run_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _log_metrics(task, metrics)
     return TrainResult(run_dir, config.task, metrics, summary["selected_epoch"], outputs, loop.stop_reason)
+
+
+def _input_keys(config: RunConfig) -> dict[str, Any]:
+    """How rows become inputs, saved with the model for predict, export and the card: every key,
+    None where the task has none (the same keys for every task, as earlier versions wrote)."""
+    data = config.data.model_dump(mode="json")
+    return {key: data.get(key) for key in ("template", "text_field", "text_fields", "prompt_field",
+                                           "label_field", "id_field")}
 
 
 def evaluate_test(run_dir: str | Path, device: str = "auto", trust_remote_code: bool = False) -> dict[str, Any]:

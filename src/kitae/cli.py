@@ -40,7 +40,7 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Bad input is one clear message and exit code 2 — never a traceback."""
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from kitae.training.loop import TrainingInterrupted
+        from kitae.errors import TrainingInterrupted
 
         try:
             return func(*args, **kwargs)
@@ -415,11 +415,16 @@ def config_check(config: Annotated[Path, typer.Argument(help="YAML run config.")
 
 
 @config_app.command("schema")
-def config_schema() -> None:
+@_user_errors
+def config_schema(
+    task: Annotated[str | None, typer.Option(help="One task's keys (single_label, multi_label, pair, regression, "
+                                             "reward, sft, causal_lm). Default: every task's, as one schema "
+                                             "whose `task` picks the keys.")] = None,
+) -> None:
     """Print the config's JSON schema (every key, type, default and description)."""
-    from kitae.config import RunConfig
+    from kitae.config import task_schema
 
-    sys.stdout.write(json.dumps(RunConfig.model_json_schema(), ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.write(json.dumps(task_schema(task), ensure_ascii=False, indent=2) + "\n")
 
 
 @data_app.command("analyze")

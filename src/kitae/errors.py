@@ -6,6 +6,11 @@ The CLI prints them as one message (no traceback); Python callers can catch `Kit
 from __future__ import annotations
 
 
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C / SIGTERM once a resumable checkpoint has been written. (Here, not in
+    kitae.training: the CLI catches it without importing torch.)"""
+
+
 class KitaeError(Exception):
     """Base class: an error caused by the user's input, shown without a traceback."""
 

@@ -167,25 +167,25 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         config = SweepConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path)).replace("RunConfig", "sweep")) from None
+        raise ConfigError(format_validation_error(exc, str(path), SweepConfig)) from None
     base = config.base if config.base.is_absolute() else path.parent / config.base
     if not base.is_file():
         raise ConfigError(f"{path}: base: config not found: {base}")
     base_raw = yaml.safe_load(base.read_text(encoding="utf-8"))
     if not isinstance(base_raw, dict):
         raise ConfigError(f"{base}: the config must be a mapping of sections")
+    from kitae.config import TASK_CONFIGS
     from kitae.metrics.classification import _direction
-    from kitae.tasks import TASKS, get_task_class
 
     task_name = str(base_raw.get("task", "single_label"))
-    if task_name not in TASKS:
+    if task_name not in TASK_CONFIGS:
         raise ConfigError(f"{base}: unknown task {task_name!r}")
-    task_class = get_task_class(task_name)
-    select = config.select or f"dev.{(base_raw.get('training') or {}).get('select_metric') or task_class.default_select_metric}"
+    task_config = TASK_CONFIGS[task_name]
+    select = config.select or f"dev.{(base_raw.get('training') or {}).get('select_metric') or task_config.default_select_metric}"
     metric = select.removeprefix("dev.")
-    if metric not in task_class.metric_names:
+    if metric not in task_config.metric_names:
         raise ConfigError(f"{path}: select: {select!r} is not a {task_name} metric; known: "
-                          f"{', '.join('dev.' + m for m in task_class.metric_names)}")
+                          f"{', '.join('dev.' + m for m in task_config.metric_names)}")
     return Sweep(config, path, base_raw, base.parent, task_name, metric, _direction(metric))
 
 

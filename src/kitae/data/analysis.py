@@ -34,11 +34,13 @@ def _length_stats(lengths: np.ndarray, limit: int | None) -> dict[str, Any]:
 def file_config(source: str | Path, task: str = "single_label", text_field: str = "text",
                 label_field: str = "label", model: str | None = None) -> RunConfig:
     """The config `kitae data analyze FILE` analyses a bare data file with: all of it as train."""
-    from kitae.config import config_from_dict
+    from kitae.config import config_from_dict, task_config_class, task_keys
 
-    raw = {"task": task, "data": {"train": str(source), "text_field": text_field, "label_field": label_field,
-                                  "split": {"dev": 0.0}},
-           "model": {"name": model or "none"}, "output": "unused"}
+    data = {"train": str(source), "text_field": text_field, "label_field": label_field, "split": {"dev": 0.0}}
+    task_config_class(task)  # an unknown task is named before its keys are looked up
+    # The label column only for the tasks that have one (reward reads chosen / rejected).
+    data = {key: value for key, value in data.items() if f"data.{key}" in task_keys(task)}
+    raw = {"task": task, "data": data, "model": {"name": model or "none"}, "output": "unused"}
     return config_from_dict(raw, source=str(source))
 
 

@@ -30,7 +30,7 @@ def build_examples(rows: list[Row], data: DataConfig, encode_target: Callable[[R
     seen_ids: set[str] = set()
     for row in rows:
         text = (render(row) if render is not None else
-                render_text(row, template=data.template, text_field=data.text_field, text_fields=data.text_fields))
+                render_text(row, template=data.template, text_field=data.text_field, text_fields=data.pair_fields()))
         raw_id = row.values.get(data.id_field)
         example_id = f"{split}-{row.line}" if raw_id is None or raw_id == "" else str(raw_id)
         if unique_ids:

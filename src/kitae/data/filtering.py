@@ -74,7 +74,7 @@ from kitae.errors import DataError, KitaeError
 from kitae.runs import atomic_text_file, check_output_file, write_json
 
 if TYPE_CHECKING:
-    from kitae.config import DataConfig, RunConfig
+    from kitae.config import RunConfig, SFTData
 
 logger = logging.getLogger("kitae")
 
@@ -414,7 +414,7 @@ def _blank(value: Any) -> bool:
     return value is None or not str(value).strip()
 
 
-def row_text(row: Row, data: DataConfig) -> RowText:
+def row_text(row: Row, data: SFTData) -> RowText:
     """The conversation of a row as RowText (a DataError when it is not one). An empty response
     column is no response (length 0: `too_short`), not an unreadable row."""
     field_ = data.output_field
@@ -556,7 +556,7 @@ class ClassifierFilter:
             rule.check_labels(classifier.labels)
         self.classifier, self.rules, self.source = classifier, list(rules), source
         data = classifier.config.data if classifier.config is not None else None
-        self.pairs = data is not None and bool(data.text_fields or data.prompt_field)
+        self.pairs = data is not None and bool(data.pair_fields())
         self.scored = {"row": 0, "response": 0}
         self.predicted: dict[str, int] = {}
 
@@ -621,7 +621,7 @@ def load_classifier_filter(options: FilterOptions, classifier: Any = None) -> Cl
 class _Checks:
     """Checks 1-4 over rows in order, remembering the rows that passed them."""
 
-    def __init__(self, data: DataConfig, options: FilterOptions) -> None:
+    def __init__(self, data: SFTData, options: FilterOptions) -> None:
         self.data, self.options = data, options
         self.exact: dict[bytes, dict[str, Any]] = {}
         self.near = (NearDuplicateIndex(options.near_dup_threshold, options.num_perm, options.ngram)
@@ -668,7 +668,7 @@ class _Checks:
         return Decision(row, None, {}, text)
 
 
-def filter_rows(rows: Iterable[Row], data: DataConfig, options: FilterOptions | None = None,
+def filter_rows(rows: Iterable[Row], data: SFTData, options: FilterOptions | None = None,
                 scorer: ClassifierFilter | None = None) -> Iterator[Decision]:
     """Decide, row by row and in order, what to keep (see the module docs for the checks). Streams:
     only the duplicate index grows with the input. With a `scorer` (`load_classifier_filter`),

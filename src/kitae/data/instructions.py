@@ -24,7 +24,7 @@ from kitae.data.templates import render_text
 from kitae.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from kitae.config import DataConfig
+    from kitae.config import SFTData
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # the label of a token that is not trained on (PyTorch's cross-entropy default)
@@ -71,7 +71,7 @@ def _text(row: Row, field: str, what: str, required: bool = True) -> str | None:
     return text
 
 
-def gold_answers(row: Row, data: DataConfig) -> list[str] | None:
+def gold_answers(row: Row, data: SFTData) -> list[str] | None:
     """The correct responses of a row (several for extractive QA), or None when it has none
     (a prompt to answer). Errors for an empty response."""
     if data.answer_choice_field is not None:
@@ -95,7 +95,7 @@ def gold_answers(row: Row, data: DataConfig) -> list[str] | None:
     return [text]
 
 
-def row_choices(row: Row, data: DataConfig) -> list[str]:
+def row_choices(row: Row, data: SFTData) -> list[str]:
     assert data.choice_fields is not None
     return [_text(row, field, "choice") or "" for field in data.choice_fields]
 
@@ -113,7 +113,7 @@ def _choice_index(row: Row, field: str, count: int) -> int | None:
     return index
 
 
-def read_conversation(row: Row, data: DataConfig, require_response: bool = True) -> Conversation:
+def read_conversation(row: Row, data: SFTData, require_response: bool = True) -> Conversation:
     """The conversation of one row; errors name the file, line and field (a missing output
     column, an empty response, a chat message with an unknown role)."""
     if data.messages_field is not None:
@@ -132,7 +132,7 @@ def read_conversation(row: Row, data: DataConfig, require_response: bool = True)
     return Conversation(data.system_prompt, ((prompt, None if answers is None else answers[0]),), instruction, extra)
 
 
-def _chat_conversation(row: Row, data: DataConfig, require_response: bool) -> Conversation:
+def _chat_conversation(row: Row, data: SFTData, require_response: bool) -> Conversation:
     field = data.messages_field
     assert field is not None
     messages = row.values.get(field)
@@ -180,7 +180,7 @@ def _chat_conversation(row: Row, data: DataConfig, require_response: bool) -> Co
 
 # --- conversations -> text segments -------------------------------------------------------------
 
-def resolve_prompt_format(data: DataConfig, tokenizer: Any) -> str:
+def resolve_prompt_format(data: SFTData, tokenizer: Any) -> str:
     """auto -> template (data.template set), chat_template (the tokenizer has one), else alpaca_ja."""
     requested = data.prompt_format
     if requested == "auto":

@@ -60,14 +60,14 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
             train_rows, dev_rows, test_rows = _rows_by_split_field(train_rows, data.split_field)
         return _subsets(config, task, build(train_rows, "train"), build(dev_rows, "dev"), build(test_rows, "test"))
     # Train first: its errors are reported before those of dev and test.
-    train = None if data.from_preference else build(train_rows, "train")
+    train = None if data.from_preference_pairs() else build(train_rows, "train")
     dev = build(read_rows(data.dev, data.encoding), "dev") if data.dev else None
     test = build(read_rows(data.test, data.encoding), "test") if data.test else None
     split = data.split
     if split is None and dev is None:
         split = SplitConfig()  # the sound default: hold out 10% of train (stratified) to select on
         logger.info("no dev file: holding out %.0f%% of train as dev (seed %d)", 100 * split.dev, split.seed)
-    if split is not None and data.from_preference:
+    if split is not None and data.from_preference_pairs():
         # Split whole pairs (chosen and rejected of one row never straddle splits); every pair
         # gives one example of each label, so there is nothing to stratify.
         fractions = [split.dev if dev is None else 0.0, split.test if test is None else 0.0]
@@ -85,8 +85,9 @@ def _load_splits(config: RunConfig, task: Task, train_rows: list) -> tuple[list[
 
 
 def _expand(rows: list, data: Any) -> list:
-    """Preference rows -> two rows each (chosen, rejected); other data is returned as it is."""
-    if not data.from_preference:
+    """Preference rows -> two rows each (chosen, rejected); other data is returned as it is.
+    (Only a single_label config reads preference rows so: `data` then has the preference keys.)"""
+    if not data.from_preference_pairs():
         return rows
     expanded = []
     for row in rows:
@@ -160,7 +161,7 @@ def _subsets(config: RunConfig, task: Task, train: list[Example], dev: list[Exam
              test: list[Example] | None) -> tuple[list[Example], list[Example] | None, list[Example] | None]:
     data = config.data
     seed = data.subset_seed  # not training.seed: seeds of a sweep vary training, not the examples
-    subset = _pair_subset if data.from_preference else _subset
+    subset = _pair_subset if data.from_preference_pairs() else _subset
     if data.max_train_examples:
         train = subset(task, train, data.max_train_examples, seed)
     if data.max_eval_examples:

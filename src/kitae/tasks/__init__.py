@@ -1,29 +1,24 @@
-"""Problem types. Each module defines one `Task`; register it here and it is usable from a config.
+"""Problem types. Each module defines one `Task`; its run config (kitae.config.tasks) declares its
+keys, metrics and where the implementation lives, and registers it.
 
-The registry names classes without importing them: a task module (with torch) is imported when a
-config names it, and the registry itself imports nothing.
+The registry itself imports no torch: a task module (with torch) is imported when a run needs it,
+so loading and checking a config stays fast.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
+
+from kitae.config.tasks import TASK_CONFIGS
 
 if TYPE_CHECKING:
     from kitae.tasks.base import Task
 
-TASKS: dict[str, str] = {
-    "single_label": "kitae.tasks.single_label:SingleLabelTask",
-    "multi_label": "kitae.tasks.multi_label:MultiLabelTask",
-    "pair": "kitae.tasks.pair:PairTask",
-    "regression": "kitae.tasks.regression:RegressionTask",
-    "reward": "kitae.tasks.reward:RewardTask",
-    "sft": "kitae.tasks.sft:SFTTask",
-    "causal_lm": "kitae.tasks.causal_lm:CausalLMTask",
-}
+# name -> "module:Class" of the implementation.
+TASKS: dict[str, str] = {name: config.implementation for name, config in TASK_CONFIGS.items()}
 
 
 def get_task_class(name: str) -> type[Task]:
-    import importlib
-
     module_name, class_name = TASKS[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)

@@ -2,8 +2,10 @@
 
 A task decides everything problem-specific, and nothing else is:
 
-- config: its own rules and defaults (`configure`), the metrics it reports (`metric_names`, the first
-  ones headline the CLI table, the log and the card) and the one it selects on by default;
+- config: its keys, rules and defaults, the metrics `training.select_metric` may name and the
+  default one live in its run config (kitae.config.tasks: torch-free, so a config validates without
+  importing this module); the metrics it reports headline first (`report_metrics`: the CLI table,
+  the log and the card);
 - data: how a row becomes a text and a target (`render`, `fit_labels`, `encode_target`), how
   examples are split;
 - model: which model it builds on the backbone (`build_model`) and how it is saved;
@@ -49,11 +51,9 @@ class Batch:
 
 class Task(ABC):
     name: ClassVar[str]
-    # The metrics the task reports (training.select_metric may name any), most important first.
-    metric_names: ClassVar[tuple[str, ...]]
-    # The few of them that tables, logs and the model card show.
+    # The few metrics that tables, logs and the model card show, most important first (the
+    # metrics training.select_metric may name are the run config's `metric_names`).
     report_metrics: ClassVar[tuple[str, ...]]
-    default_select_metric: ClassVar[str]
     # What `kitae.load` returns for a run of this task: a "classifier" or a "generator".
     kind: ClassVar[str] = "classifier"
 
@@ -61,20 +61,13 @@ class Task(ABC):
         self.config = config
         self.labels = labels
 
-    # --- config ---------------------------------------------------------------------------
-    @classmethod
-    def configure(cls, config: RunConfig) -> None:
-        """Apply this task's config rules and defaults in place; raise ValueError with a message
-        naming the key when the config does not fit the task. Default: nothing."""
-        return None
-
     # --- data -----------------------------------------------------------------------------
     def render(self, row: Row) -> Any:
         """The text of one row (a pair with data.text_fields); errors name file, line and field."""
         from kitae.data.templates import render_text
 
         data = self.config.data
-        return render_text(row, template=data.template, text_field=data.text_field, text_fields=data.text_fields)
+        return render_text(row, template=data.template, text_field=data.text_field, text_fields=data.pair_fields())
 
     @classmethod
     @abstractmethod
@@ -85,10 +78,9 @@ class Task(ABC):
     def encode_target(self, row: Row) -> Any:
         """The target of one row; a clear error (file, line, field) when it is invalid."""
 
+    @abstractmethod
     def target_columns(self) -> list[str]:
         """Columns a file needs for evaluation (its targets)."""
-        data = self.config.data
-        return list(data.label_fields or [data.label_field])
 
     def stratify_key(self, target: Any) -> Hashable:
         return target

@@ -23,9 +23,7 @@ if TYPE_CHECKING:
 
 class CausalLMTask(GenerativeTask):
     name = "causal_lm"
-    metric_names = ("perplexity", "loss")
     report_metrics = ("perplexity", "loss")
-    default_select_metric = "loss"
 
     def encode_target(self, row: Row) -> Any:
         return None

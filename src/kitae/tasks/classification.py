@@ -25,7 +25,6 @@ from kitae.runs import write_jsonl
 from kitae.tasks.base import Batch, Task
 
 if TYPE_CHECKING:
-    from kitae.config import RunConfig
     from kitae.data.examples import Example
     from kitae.models.loading import Backbone
     from kitae.models.precision import PrecisionPlan
@@ -39,24 +38,6 @@ class ClassificationTask(Task):
     # Whether `probabilities` are probabilities (classifiers) or real values (regression, reward).
     outputs_probabilities: ClassVar[bool] = True
     packed = False  # batches packed several sequences to a row (set when the model is built)
-
-    @classmethod
-    def configure(cls, config: RunConfig) -> None:
-        data = config.data
-        if config.adapter.type == "prompt_tuning":
-            raise ValueError("adapter.type: prompt_tuning is for task sft and causal_lm; classifiers train "
-                             "lora, qlora or full")
-        if config.training.kernels == "unsloth":
-            raise ValueError("training.kernels: unsloth is for task sft and causal_lm; classifiers can use liger")
-        if data.from_preference:
-            raise ValueError("data.from_preference makes single_label examples (for a scalar reward with the "
-                             "pairwise loss use task: reward)")
-        if data.prompt_field is not None:
-            raise ValueError("data.prompt_field is for preference data (task: reward, or data.from_preference); "
-                             "for other text pairs use data.text_fields")
-        if data.text_fields is not None and len(data.text_fields) != 2:
-            raise ValueError(f"data.text_fields: a pair needs exactly 2 columns, got {data.text_fields}")
-        check_pair_template(config, data.text_fields)
 
     # --- input ----------------------------------------------------------------------------
     def model_texts(self, texts: Sequence[Any], is_decoder: bool) -> tuple[list[Any], int]:
@@ -176,15 +157,3 @@ def resolve_pooling(requested: str, is_decoder: bool, new_modules: list[str]) ->
         return "last"
     fresh_pooler = any("pooler" in name.split(".") for name in new_modules)
     return "mean" if fresh_pooler else "cls"
-
-
-def check_pair_template(config: RunConfig, pair_fields: list[str] | None) -> None:
-    """A pair's template (read by decoders) may name only the pair's two columns."""
-    from kitae.data.templates import template_fields
-
-    if pair_fields is None or config.data.template is None:
-        return
-    unknown = [f for f in template_fields(config.data.template) if f not in pair_fields]
-    if unknown:
-        raise ValueError(f"data.template: names {', '.join(unknown)}, but a text pair's template may "
-                         f"name only its two columns: {{{pair_fields[0]}}} and {{{pair_fields[1]}}}")

@@ -10,7 +10,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,31 +33,11 @@ logger = logging.getLogger("kitae")
 
 class GenerativeTask(Task):
     kind = "generator"
-    # Config keys of classifiers that mean nothing here (refused rather than ignored).
-    _CLASSIFIER_KEYS: ClassVar[tuple[str, ...]] = ("from_preference", "prompt_field", "text_fields", "labels",
-                                                    "label_fields")
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
         self.tokenizer: Any = None
         self.eos_token_ids: list[int] = []
-
-    @classmethod
-    def configure(cls, config: RunConfig) -> None:
-        data, balance = config.data, config.balance
-        for key in cls._CLASSIFIER_KEYS:
-            if getattr(data, key):
-                raise ValueError(f"data.{key} is for classification tasks, not {config.task}")
-        if balance.model_dump() != type(balance)().model_dump():
-            raise ValueError(f"balance options are for classification tasks, not {config.task}")
-        if config.model.pooling != "auto":
-            raise ValueError(f"model.pooling is for classifiers; {config.task} trains the LM head itself")
-        if config.training.kernels == "unsloth" and config.adapter.type not in ("lora", "qlora"):
-            raise ValueError(f"training.kernels: unsloth trains LoRA (adapter.type lora or qlora), not "
-                             f"{config.adapter.type}")
-        if config.adapter.type == "prompt_tuning" and config.training.packing is True:
-            raise ValueError("training.packing cannot be used with adapter.type: prompt_tuning (the soft prompt "
-                             "goes in front of a row, so packed examples after the first would not see it)")
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:

@@ -84,12 +84,8 @@ def _list_value(row: Row, field: str) -> list[str]:
 class MultiLabelTask(ClassificationTask):
     name = "multi_label"
     problem_type = "multi_label_classification"
-    metric_names = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "weighted_f1",
-                    "micro_precision", "micro_recall", "macro_precision", "macro_recall", "macro_roc_auc",
-                    "log_loss", "loss")
     report_metrics = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "weighted_f1",
                       "macro_precision", "macro_recall", "macro_roc_auc", "log_loss")
-    default_select_metric = "macro_f1"
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
@@ -131,9 +127,6 @@ class MultiLabelTask(ClassificationTask):
         self.index = {label: i for i, label in enumerate(labels)}
         self.pos_weight: torch.Tensor | None = None
         balance = config.balance
-        if balance.sampling != "none":
-            raise ConfigError("balance.sampling is for single_label; multi_label re-samples with "
-                              "balance.drop_unlabelled, target_rate and upsample")
         # Categories named in the balance options must exist (min_positives may have dropped
         # some: those are skipped, having been warned about).
         for option in ("target_rate", "upsample", "class_weights"):
@@ -154,6 +147,10 @@ class MultiLabelTask(ClassificationTask):
     @staticmethod
     def _all_categories(config: RunConfig) -> set[str]:
         return set(config.data.label_fields or config.data.labels or [])
+
+    def target_columns(self) -> list[str]:
+        data = self.config.data
+        return list(data.label_fields or [data.label_field])
 
     def encode_target(self, row: Row) -> np.ndarray:
         target = np.zeros(len(self.labels), dtype=np.float32)

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from kitae.data.readers import Row
-from kitae.errors import ConfigError
 from kitae.metrics import regression_metrics
 from kitae.runs import write_csv
 from kitae.tasks.classification import ClassificationTask
@@ -32,9 +31,7 @@ class RegressionTask(ClassificationTask):
     name = "regression"
     problem_type = "regression"
     outputs_probabilities = False
-    metric_names = ("rmse", "mae", "r2", "pearson", "spearman", "loss")
     report_metrics = ("rmse", "mae", "r2", "pearson", "spearman")
-    default_select_metric = "rmse"
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
@@ -42,11 +39,12 @@ class RegressionTask(ClassificationTask):
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
-        balance = config.balance
-        if balance.sampling != "none" or balance.class_weights or balance.target_rate or balance.upsample:
-            raise ConfigError("balance options are for classification tasks, not regression")
         self.mean = np.zeros(len(labels))
         self.std = np.ones(len(labels))
+
+    def target_columns(self) -> list[str]:
+        data = self.config.data
+        return list(data.label_fields or [data.label_field])
 
     def encode_target(self, row: Row) -> np.ndarray:
         values = []

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from kitae.data.readers import Row
 from kitae.data.templates import pair_as_text, render_text
-from kitae.errors import ConfigError, DataError
-from kitae.tasks.classification import ClassificationTask, check_pair_template
+from kitae.errors import DataError
+from kitae.tasks.classification import ClassificationTask
 
 if TYPE_CHECKING:
     from kitae.config import RunConfig
@@ -39,29 +39,11 @@ class RewardTask(ClassificationTask):
     problem_type = "regression"  # one real-valued output: a score
     outputs_probabilities = False
     group_size = 2
-    metric_names = ("pairwise_accuracy", "mean_margin", "loss")
     report_metrics = ("pairwise_accuracy", "mean_margin")
-    default_select_metric = "pairwise_accuracy"
-
-    @classmethod
-    def configure(cls, config: RunConfig) -> None:
-        data = config.data
-        if data.from_preference:
-            raise ValueError("data.from_preference makes single_label examples; task: reward reads the "
-                             "chosen / rejected columns itself: drop data.from_preference")
-        # Each example is the (chosen, rejected) texts of one row, scored one by one.
-        data.text_fields = [data.chosen_field, data.rejected_field]
-        check_pair_template(config, [data.prompt_field, data.text_field] if data.prompt_field else None)
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
         return ["score"]
-
-    def __init__(self, config: RunConfig, labels: list[str]) -> None:
-        super().__init__(config, labels)
-        balance = config.balance
-        if balance.sampling != "none" or balance.class_weights or balance.target_rate or balance.upsample:
-            raise ConfigError("balance options are for classification tasks, not reward")
 
     def target_columns(self) -> list[str]:
         return list(self.config.data.text_fields or [])

@@ -41,24 +41,12 @@ if TYPE_CHECKING:
 
 class SFTTask(GenerativeTask):
     name = "sft"
-    metric_names = ("exact_match", "char_f1", "chrf", "choice_accuracy", "loss", "perplexity")
     report_metrics = ("exact_match", "char_f1", "chrf", "choice_accuracy", "loss")
-    default_select_metric = "loss"
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
         self.prompt_format: str | None = None
         self._end_of_turn_known = False  # the chat template's end-of-turn token is among eos_token_ids
-
-    @classmethod
-    def configure(cls, config: RunConfig) -> None:
-        super().configure(config)
-        data = config.data
-        if data.answer_choice_field is not None and data.choice_fields is None:
-            raise ValueError("data.answer_choice_field needs data.choice_fields (the columns of the choices)")
-        if data.messages_field is not None and data.template is not None:
-            raise ValueError("data.template writes prompts from columns; chat rows (data.messages_field) are "
-                             "written by the chat template: give one of them")
 
     # --- data -----------------------------------------------------------------------------
     def render(self, row: Row) -> Conversation:

@@ -22,17 +22,12 @@ from kitae.errors import ConfigError, DataError
 from kitae.metrics import classification_report_rows, single_label_metrics
 from kitae.metrics.plots import plot_confusion_matrix
 from kitae.runs import write_csv
-from kitae.tasks.classification import ClassificationTask, check_pair_template
+from kitae.tasks.classification import ClassificationTask
 
 if TYPE_CHECKING:
     from kitae.config import RunConfig
 
 logger = logging.getLogger(__name__)
-
-# The metrics of a classifier over a label set (kitae.metrics.single_label_metrics), headline first.
-CLASSIFICATION_METRICS = (
-    "accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "micro_precision", "micro_recall",
-    "weighted_f1", "weighted_precision", "weighted_recall", "roc_auc", "log_loss", "loss")
 
 
 def _label_text(row: Row, field: str) -> str:
@@ -65,27 +60,8 @@ def _is_numeral(text: str) -> bool:
 
 class SingleLabelTask(ClassificationTask):
     name = "single_label"
-    metric_names = CLASSIFICATION_METRICS
     report_metrics = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "weighted_f1",
                       "roc_auc", "log_loss")
-    default_select_metric = "macro_f1"
-
-    @classmethod
-    def configure(cls, config: RunConfig) -> None:
-        data = config.data
-        if not data.from_preference:
-            super().configure(config)
-            return
-        # Each preference row becomes two examples (chosen, rejected) whose response is in
-        # text_field (see data.prepare), read with the prompt when there is one.
-        if data.labels is None:
-            data.labels = ["rejected", "chosen"]
-        expected = [data.prompt_field, data.text_field] if data.prompt_field else None
-        if data.text_fields not in (None, expected):
-            raise ValueError("data.text_fields: from_preference reads chosen_field / rejected_field "
-                             "(and prompt_field); drop text_fields")
-        data.text_fields = expected
-        check_pair_template(config, expected)
 
     @classmethod
     def fit_labels(cls, rows: Sequence[Row], config: RunConfig) -> list[str]:
@@ -124,11 +100,6 @@ class SingleLabelTask(ClassificationTask):
         self.label_to_index = {label: index for index, label in enumerate(labels)}
         self.class_weights: torch.Tensor | None = None
         balance = config.balance
-        misplaced = [name for name in ("drop_unlabelled", "target_rate", "upsample", "min_positives")
-                     if getattr(balance, name)]
-        if misplaced:
-            raise ConfigError(f"balance.{misplaced[0]} is for multi_label; single_label balances with "
-                              "balance.sampling (downsample / upsample) and balance.class_weights")
         if isinstance(balance.class_weights, dict):
             unknown = sorted(set(balance.class_weights) - set(labels))
             if unknown:
@@ -148,6 +119,9 @@ class SingleLabelTask(ClassificationTask):
     def resampler(self, targets: Sequence[int]) -> Resampler | None:
         mode = self.config.balance.sampling
         return None if mode == "none" else single_label_resampler(np.asarray(targets), len(self.labels), mode)
+
+    def target_columns(self) -> list[str]:
+        return [self.config.data.label_field]
 
     def encode_target(self, row: Row) -> int:
         field = self.config.data.label_field

@@ -27,7 +27,7 @@ from transformers import get_scheduler
 
 from kitae.config import TrainingConfig
 from kitae.data.batching import TrainBatches
-from kitae.errors import KitaeError
+from kitae.errors import KitaeError, TrainingInterrupted
 from kitae.inference.logits import autocast
 from kitae.metrics import is_better
 from kitae.models.precision import PrecisionPlan
@@ -57,10 +57,6 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
     text = str(exc).lower()
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
-class TrainingInterrupted(Exception):
-    """Raised after Ctrl-C / SIGTERM once a resumable checkpoint has been written."""
 
 
 def fit(model: nn.Module, task: Task, train: Any, dev: Any | None, training: TrainingConfig, plan: PrecisionPlan,

@@ -147,10 +147,13 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
                 "examples": examples, "examples_dir": str(state.examples_dir or "")}
 
     @app.get("/api/schema")
-    async def schema() -> Any:
+    async def schema(task: str | None = None) -> Any:
+        # The form of one task: its keys only (the page asks again when the task changes).
+        from kitae.config import DEFAULT_TASK
         from kitae.ui.form import form_fields, sections
 
-        return {"fields": form_fields(), "sections": sections()}
+        task = task or DEFAULT_TASK
+        return {"task": task, "fields": form_fields(task), "sections": sections(task)}
 
     @app.post("/api/config/check")
     async def config_check(request: Request) -> Any:

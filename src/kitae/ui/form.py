@@ -1,7 +1,8 @@
-"""The run form, generated from the config schema: one field per config key (its type, default,
-choices, bounds and description in English and Japanese), form values -> the config mapping ->
-YAML, and validation through `config_from_dict` — the function `kitae config check` runs, so the
-page shows the same messages."""
+"""The run form, generated from the chosen task's config schema: one field per key of that task
+(its type, default, choices, bounds and description in English and Japanese), form values -> the
+config mapping -> YAML, and validation through `config_from_dict` — the function `kitae config
+check` runs, so the page shows the same messages. The page asks for another task's form when its
+task changes (`/api/schema?task=...`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from typing import Any
 
 import yaml
 
-from kitae.config import RunConfig, config_from_dict, dump_yaml
+from kitae.config import (
+    DEFAULT_TASK,
+    SECTION_ORDER,
+    TASK_CONFIGS,
+    config_from_dict,
+    dump_yaml,
+    key_defaults,
+    task_config_class,
+)
 from kitae.errors import ConfigError
 from kitae.ui.i18n import DESCRIPTIONS_JA, SECTION_TITLES
 
@@ -21,12 +30,15 @@ INPUT_PATHS = ("data.train", "data.dev", "data.test", "data.split_file")
 ALWAYS_WRITTEN = ("task",)  # written even at their default: a config reads better with them
 
 
-@lru_cache(maxsize=1)
-def form_fields() -> list[dict[str, Any]]:
-    """Every config key as a form field, in schema order: path, section, kind (bool, int, float,
-    choice, text, path, yaml), default, choices, bounds, required, description (en, ja)."""
-    schema = RunConfig.model_json_schema()
+@lru_cache(maxsize=len(TASK_CONFIGS))
+def form_fields(task: str = DEFAULT_TASK) -> list[dict[str, Any]]:
+    """Every key of the task's config as a form field, in schema order (sections as a config
+    reads best): path, section, kind (bool, int, float, choice, text, path, yaml), default,
+    choices, bounds, required, description (en, ja)."""
+    schema = task_config_class(task).model_json_schema()
     defs = schema["$defs"]
+    order = {key: i for i, key in enumerate(SECTION_ORDER)}
+    properties = dict(sorted(schema["properties"].items(), key=lambda item: order.get(item[0], len(order))))
     fields: list[dict[str, Any]] = []
 
     def walk(properties: dict[str, Any], required: list[str], prefix: str) -> None:
@@ -39,8 +51,14 @@ def form_fields() -> list[dict[str, Any]]:
                 continue
             fields.append(_field(path, prefix.rstrip("."), prop, key in required))
 
-    walk(schema["properties"], schema.get("required", []), "")
+    walk(properties, schema.get("required", []), "")
     return fields
+
+
+def _task_of(values: dict[str, Any]) -> str:
+    """The task whose form the values fill (an unknown task: the default's, and validation names it)."""
+    task = values.get("task")
+    return task if isinstance(task, str) and task in TASK_CONFIGS else DEFAULT_TASK
 
 
 def _field(path: str, section: str, prop: dict[str, Any], required: bool) -> dict[str, Any]:
@@ -51,10 +69,8 @@ def _field(path: str, section: str, prop: dict[str, Any], required: bool) -> dic
                              "default": prop.get("default"),
                              "description": {"en": prop.get("description", ""), "ja": DESCRIPTIONS_JA.get(path, "")}}
     single = options[0] if len(options) == 1 else None
-    if path == "task":  # a str checked against the task registry: offer the registry's names
-        from kitae.tasks import TASKS
-
-        field.update(kind="choice", choices=list(TASKS))
+    if path == "task":  # one value in a task's schema: offer every task of the registry
+        field.update(kind="choice", choices=list(TASK_CONFIGS))
     elif single is not None and "enum" in single:
         field.update(kind="choice", choices=list(single["enum"]))
     elif single is not None and single.get("type") == "boolean":
@@ -72,9 +88,9 @@ def _field(path: str, section: str, prop: dict[str, Any], required: bool) -> dic
     return field
 
 
-def sections() -> list[dict[str, Any]]:
-    """The form's sections in order, with their titles in English and Japanese."""
-    seen = list(dict.fromkeys(f["section"] for f in form_fields()))
+def sections(task: str = DEFAULT_TASK) -> list[dict[str, Any]]:
+    """The task form's sections in order, with their titles in English and Japanese."""
+    seen = list(dict.fromkeys(f["section"] for f in form_fields(task)))
     return [{"section": s, "title": SECTION_TITLES.get(s, {"en": s, "ja": s})} for s in seen]
 
 
@@ -113,7 +129,7 @@ def values_to_config(values: dict[str, Any]) -> dict[str, Any]:
     """Form values (dotted path -> what the field holds) as a config mapping: keys left at their
     default (or empty) are left out, as in a hand-written config."""
     config: dict[str, Any] = {}
-    for field in form_fields():
+    for field in form_fields(_task_of(values)):  # values of another task's keys are left out
         if field["path"] not in values:
             continue
         value = _coerce(field, values[field["path"]])
@@ -128,14 +144,18 @@ def values_to_config(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_to_values(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A config mapping as form values (every key: its value or its default), and the keys of the
-    mapping the form has no field for (which `kitae config check` would refuse)."""
+    """A config mapping as form values (every key of its task: its value or its default), and the
+    keys of the mapping the form has no field for (which `kitae config check` would refuse).
+    Another task's key at its default is what older versions wrote into every run directory: not
+    reported."""
     from kitae.catalog import flatten
 
     flat = flatten(config)
-    known = {f["path"] for f in form_fields()}
+    fields = form_fields(_task_of(config))
+    known = {f["path"] for f in fields}
+    defaults = key_defaults()
     values: dict[str, Any] = {}
-    for field in form_fields():
+    for field in fields:
         value = flat.get(field["path"], field["default"])
         if field["kind"] == "yaml":
             value = "" if value is None else _yaml_inline(value)
@@ -145,7 +165,8 @@ def config_to_values(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
             value = str(value) if field["kind"] != "choice" else value
         values[field["path"]] = value
     # Sections given as empty mappings ({}) flatten to themselves; they hold no unknown key.
-    unknown = [k for k in flat if k not in known and not (isinstance(flat[k], dict) and not flat[k])]
+    unknown = [k for k in flat if k not in known and not (isinstance(flat[k], dict) and not flat[k])
+               and not (k in defaults and flat[k] == defaults[k])]
     return values, unknown
 
 
@@ -190,18 +211,19 @@ def check(values: dict[str, Any], base_dir: Path, source: str = "form") -> dict[
         config_from_dict(config, base_dir=base_dir, source=source)
     except ConfigError as exc:
         message = str(exc)
-        return {"yaml": text, "valid": False, "message": message, "errors": split_errors(message, source)}
+        return {"yaml": text, "valid": False, "message": message,
+                "errors": split_errors(message, source, _task_of(values))}
     return {"yaml": text, "valid": True, "message": "", "errors": []}
 
 
 _FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*)(?:\.\d+)?: (.*)$", re.S)
 
 
-def split_errors(message: str, source: str) -> list[dict[str, str]]:
+def split_errors(message: str, source: str, task: str = DEFAULT_TASK) -> list[dict[str, str]]:
     """A config error message as [{field, message}]: each line `  data.train: ...` of a
     validation error, or each `data.train: ...` part of a file problem; what names no field of
-    the form goes under field "" (shown at the top of the form)."""
-    known = {f["path"] for f in form_fields()}
+    the task's form goes under field "" (shown at the top of the form)."""
+    known = {f["path"] for f in form_fields(task)}
     lines = message.splitlines()
     if lines and lines[0] == f"{source}: invalid config":
         parts = [line.strip() for line in lines[1:]]

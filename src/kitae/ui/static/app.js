@@ -223,6 +223,7 @@ async function renderNew(arg) {
     history.replaceState(null, "", "#/new");
   }
   if (!formValues) formValues = Object.fromEntries(schema.fields.map(f => [f.path, initialValue(f)]));
+  await useTaskSchema(formValues.task);
   const runs = (await api("/api/runs")).runs.filter(r => r.task);
   const starter = h("div", {class: "starter"},
     h("label", {}, t("new.from")),
@@ -262,6 +263,14 @@ async function renderNew(arg) {
   scheduleCheck(0);
 }
 
+// The form is the chosen task's schema: another task (picked, or of a loaded config) fetches its
+// form; values of keys both tasks have are kept, the new task's other keys start at their defaults.
+async function useTaskSchema(task) {
+  if (!task || task === schema.task) return;
+  try { schema = await api(`/api/schema?task=${encodeURIComponent(task)}`); } catch (err) { return; }  // an unknown task: check names it
+  for (const f of schema.fields) if (!(f.path in formValues)) formValues[f.path] = initialValue(f);
+}
+
 function initialValue(f) {
   if (f.kind === "bool") return !!f.default;
   if (f.kind === "yaml") return f.default_text || "";
@@ -272,7 +281,10 @@ function initialValue(f) {
 function fieldRow(f) {
   const id = `f-${f.path.replace(/\./g, "-")}`;
   const value = formValues[f.path];
-  const onInput = e => { formValues[f.path] = e.target.type === "checkbox" ? e.target.checked : e.target.value; scheduleCheck(); };
+  const onInput = e => {
+    formValues[f.path] = e.target.type === "checkbox" ? e.target.checked : e.target.value;
+    if (f.path === "task") renderNew(); else scheduleCheck();  // another task: another form
+  };
   let input;
   if (f.kind === "bool") input = h("input", {type: "checkbox", id, name: f.path, checked: !!value, onchange: onInput});
   else if (f.kind === "choice") input = h("select", {id, name: f.path, onchange: onInput},

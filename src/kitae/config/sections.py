@@ -1,24 +1,20 @@
-"""The run config: typed sections validated once, at the edge.
+"""The config's sections: typed, validated once, at the edge.
 
-A YAML file (plus `--set key=value` overrides) becomes a `RunConfig`; nothing deeper in kitae reads
-raw dicts. Every field has a description: the schema is the single source for validation,
-`kitae config check`, `kitae config schema`, and (later) a web form generated from it.
+Sections every task shares (model, adapter, training, tracking, the shared data keys) and the
+groups of keys only some tasks have (text pairs, label columns, preference columns, balance,
+thresholds, generation). Which task has which group is declared in `kitae.config.tasks`.
+Every field has a description: the schema is the single source for validation, `kitae config
+check`, `kitae config schema` and the UI's form.
 
-Relative paths of *inputs* (data files, a local model folder) are resolved against the folder of
-the config file, so an example runs from any working directory; `output` is relative to the
-current directory, like any output path on a command line.
+Nothing here imports torch: loading and checking a config stays fast.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from kitae.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
@@ -36,7 +32,14 @@ class SplitConfig(Section):
     stratify: bool = Field(True, description="Keep label proportions equal across splits.")
 
 
+
+
+# --- data ----------------------------------------------------------------------------------
+
 class DataConfig(Section):
+    """The data keys every task has: files, splits, subsets, the text column and template. A
+    task's data section adds its own groups (kitae.config.tasks)."""
+
     train: Path = Field(description="Training data: .jsonl, .json (JSON Lines or an array of objects), "
                         ".csv, .tsv or .parquet.")
     dev: Path | None = Field(None, description="Dev data used to select the best epoch.")
@@ -62,51 +65,12 @@ class DataConfig(Section):
         "Japanese CSV or utf-16. A UTF-8 byte order mark is always accepted.",
     )
     text_field: str = Field("text", description="Column holding the text (when no template).")
-    text_fields: list[str] | None = Field(
-        None,
-        description="the two columns of a text pair (task pair: default [text_a, text_b]; also for "
-        "regression, e.g. similarity scores, and multi_label). Encoders read them as the "
-        "tokenizer's pair encoding; decoders through `template` (default '{text_a}\\n{text_b}'), "
-        "which may name only these two columns.",
-    )
     template: str | None = Field(
         None,
         description='Python format string over any columns, e.g. "タイトル: {title}\\n本文: {body}". '
         "Overrides text_field.",
     )
-    label_field: str = Field(
-        "label",
-        description="Column holding the label (single_label), or a list of labels (multi_label).",
-    )
-    label_fields: list[str] | None = Field(
-        None,
-        description="multi_label: one column per category holding yes/no, true/false or 1/0 "
-        "(instead of a list column in label_field); regression: one column per target.",
-    )
-    from_preference: bool = Field(
-        False,
-        description="Preference data: each row's chosen and rejected texts become two examples "
-        "labelled 'chosen' and 'rejected' (pairs never straddle splits).",
-    )
-    chosen_field: str = Field("chosen", description="Column of the preferred text (preference data).")
-    prompt_field: str | None = Field(
-        None,
-        description="Preference data (task reward, from_preference): the column of the prompt both "
-        "texts answer, e.g. the question. Each response is read with it as a text pair (prompt, "
-        "response): the tokenizer's pair encoding for encoders, `template` for decoders (naming "
-        "this column and text_field, e.g. '質問: {prompt}\\n回答: {text}'). A response to score "
-        "alone is read from text_field.",
-    )
-    rejected_field: str = Field("rejected", description="Column of the dispreferred text (preference data).")
-    normalize_targets: bool = Field(
-        False,
-        description="regression: train on z-scored targets (train mean / std); predictions are mapped back.",
-    )
     id_field: str = Field("id", description="Column holding an example id (optional in the data).")
-    labels: list[str] | None = Field(
-        None,
-        description="Label names in order (index = class id). Default: the sorted labels of train.",
-    )
     max_train_examples: int | None = Field(
         None, gt=0, description="Use only this many training rows (a stratified subset; preference "
         "data: this many pairs, two examples each)."
@@ -119,7 +83,131 @@ class DataConfig(Section):
         "does not change which examples are used, so seeds of a sweep compare on the same data)."
     )
 
-    # --- sft: instruction data (columns or chat rows) ------------------------------------------
+    @field_validator("train", "dev", "test")
+    @classmethod
+    def _known_suffix(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix.lower() not in DATA_SUFFIXES:
+            raise ValueError(f"unsupported file type '{value.suffix}' (use one of {', '.join(DATA_SUFFIXES)})")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            "\n".encode(value)  # LookupError for unknown names and for non-text codecs (base64, rot13)
+        except LookupError:
+            raise ValueError(f"'{value}' is not a text encoding Python knows "
+                             "(e.g. utf-8, cp932, euc-jp, utf-16)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_split(self) -> DataConfig:
+        for name in ("split_file", "split_field"):
+            if getattr(self, name) is not None and (self.split is not None or self.dev is not None
+                                                    or self.test is not None):
+                raise ValueError(f"{name} selects train/dev/test itself: drop dev, test and split")
+        if self.split_file is not None and self.split_field is not None:
+            raise ValueError("give split_file or split_field, not both")
+        return self
+
+    # What the shared data layer asks of any task's data section (a task's section answers for
+    # its own keys; nothing outside the config asks which keys a task has).
+    def pair_fields(self) -> list[str] | None:
+        """The two columns each input is read from as a text pair; None: one text per input."""
+        return None
+
+    def from_preference_pairs(self) -> bool:
+        """Whether each row is a preference pair that becomes two examples (chosen, rejected)."""
+        return False
+
+
+class TextPairKeys(Section):
+    """Classifiers: inputs may be text pairs."""
+
+    text_fields: list[str] | None = Field(
+        None,
+        description="the two columns of a text pair (task pair: default [text_a, text_b]; also for "
+        "regression, e.g. similarity scores, and multi_label). Encoders read them as the "
+        "tokenizer's pair encoding; decoders through `template` (default '{text_a}\\n{text_b}'), "
+        "which may name only these two columns.",
+    )
+
+    @field_validator("text_fields")
+    @classmethod
+    def _two_columns(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) != 2:
+            raise ValueError("a pair needs exactly 2 columns")
+        return value
+
+    def pair_fields(self) -> list[str] | None:
+        return self.text_fields
+
+
+class LabelKeys(Section):
+    """Classifiers and regression: the column of the label (or label list, or target)."""
+
+    label_field: str = Field(
+        "label",
+        description="Column holding the label (single_label), or a list of labels (multi_label).",
+    )
+
+
+class LabelNameKeys(Section):
+    """Tasks over a fixed set of label names."""
+
+    labels: list[str] | None = Field(
+        None,
+        description="Label names in order (index = class id). Default: the sorted labels of train.",
+    )
+
+
+class LabelColumnKeys(Section):
+    """multi_label and regression: one column per category or target."""
+
+    label_fields: list[str] | None = Field(
+        None,
+        description="multi_label: one column per category holding yes/no, true/false or 1/0 "
+        "(instead of a list column in label_field); regression: one column per target.",
+    )
+
+
+class PreferenceKeys(Section):
+    """Preference data: the chosen and rejected texts of a row (and the prompt they answer)."""
+
+    chosen_field: str = Field("chosen", description="Column of the preferred text (preference data).")
+    prompt_field: str | None = Field(
+        None,
+        description="Preference data (task reward, from_preference): the column of the prompt both "
+        "texts answer, e.g. the question. Each response is read with it as a text pair (prompt, "
+        "response): the tokenizer's pair encoding for encoders, `template` for decoders (naming "
+        "this column and text_field, e.g. '質問: {prompt}\\n回答: {text}'). A response to score "
+        "alone is read from text_field.",
+    )
+    rejected_field: str = Field("rejected", description="Column of the dispreferred text (preference data).")
+
+
+class FromPreferenceKey(Section):
+    """single_label: read preference rows as two labelled examples each."""
+
+    from_preference: bool = Field(
+        False,
+        description="Preference data: each row's chosen and rejected texts become two examples "
+        "labelled 'chosen' and 'rejected' (pairs never straddle splits).",
+    )
+
+
+class TargetNormalizationKey(Section):
+    """regression: z-scored targets."""
+
+    normalize_targets: bool = Field(
+        False,
+        description="regression: train on z-scored targets (train mean / std); predictions are mapped back.",
+    )
+
+
+class InstructionKeys(Section):
+    """sft: instruction data, as columns or chat rows."""
+
     instruction_field: str = Field("instruction", description="sft: the column of the instruction.")
     input_field: str = Field("input", description="sft: the column of an optional input the instruction "
                              "refers to (empty or missing: none).")
@@ -152,33 +240,8 @@ class DataConfig(Section):
         "response to learn is that choice's text (instead of output_field).",
     )
 
-    @field_validator("train", "dev", "test")
-    @classmethod
-    def _known_suffix(cls, value: Path | None) -> Path | None:
-        if value is not None and value.suffix.lower() not in DATA_SUFFIXES:
-            raise ValueError(f"unsupported file type '{value.suffix}' (use one of {', '.join(DATA_SUFFIXES)})")
-        return value
 
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        try:
-            "\n".encode(value)  # LookupError for unknown names and for non-text codecs (base64, rot13)
-        except LookupError:
-            raise ValueError(f"'{value}' is not a text encoding Python knows "
-                             "(e.g. utf-8, cp932, euc-jp, utf-16)") from None
-        return value
-
-    @model_validator(mode="after")
-    def _one_way_to_split(self) -> DataConfig:
-        for name in ("split_file", "split_field"):
-            if getattr(self, name) is not None and (self.split is not None or self.dev is not None
-                                                    or self.test is not None):
-                raise ValueError(f"{name} selects train/dev/test itself: drop dev, test and split")
-        if self.split_file is not None and self.split_field is not None:
-            raise ValueError("give split_file or split_field, not both")
-        return self
-
+# --- shared sections -----------------------------------------------------------------------
 
 class ModelConfig(Section):
     name: str = Field(
@@ -299,9 +362,10 @@ class TrainingConfig(Section):
     )
 
 
-class BalanceConfig(Section):
-    """Class-imbalance tools. Re-sampling touches train only (never dev/test) and is redrawn
-    every epoch from the seed, so multi-epoch training sees fresh samples."""
+# --- task sections -------------------------------------------------------------------------
+
+class LossBalance(Section):
+    """Class-imbalance tools of the loss (single_label, pair, multi_label)."""
 
     class_weights: Literal["balanced"] | dict[str, float] | None = Field(
         None,
@@ -312,11 +376,23 @@ class BalanceConfig(Section):
         "default", description="focal: down-weight easy examples (Lin et al. 2017)."
     )
     focal_gamma: float = Field(2.0, ge=0.0, description="Focusing parameter of the focal loss.")
+
+
+class ClassBalance(LossBalance):
+    """single_label and pair: loss weights and per-epoch re-sampling of train (never dev/test),
+    redrawn every epoch from the seed, so multi-epoch training sees fresh samples."""
+
     sampling: Literal["none", "downsample", "upsample"] = Field(
         "none",
         description="single_label: down-sample every class to the rarest one's count, or up-sample "
         "every class to the commonest one's count, redrawn each epoch.",
     )
+
+
+class MultiLabelBalance(LossBalance):
+    """multi_label: loss weights and per-epoch re-sampling of train by category (never dev/test),
+    redrawn every epoch from the seed."""
+
     drop_unlabelled: float = Field(
         0.0, ge=0.0, le=1.0,
         description="multi_label: share of train rows without any category to drop each epoch "
@@ -351,12 +427,15 @@ class BalanceConfig(Section):
         return value
 
 
-class EvaluationConfig(Section):
+class SFTEvaluation(Section):
     generate_each_epoch: bool = Field(
         False,
         description="sft: generate on dev after every epoch (and not only at the end) so the history "
         "has exact_match / char_f1 per epoch; implied when training.select_metric is one of them.",
     )
+
+
+class ThresholdEvaluation(Section):
     thresholds: float | Literal["tune"] | dict[str, float] = Field(
         0.5,
         description="multi_label decision thresholds: one number, one per category, or 'tune' "
@@ -399,188 +478,3 @@ class TrackingConfig(Section):
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI (a server, or another store).")
     experiment: str | None = Field(None, description="MLflow experiment / W&B project (default: kitae).")
     run_name: str | None = Field(None, description="The tracked run's name (default: the run directory's name).")
-
-
-class RunConfig(Section):
-    task: str = Field("single_label",
-                      description="Problem type: single_label, multi_label, pair, regression, reward, sft "
-                      "(instruction tuning) or causal_lm (continued pre-training).")
-    data: DataConfig
-    model: ModelConfig
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    balance: BalanceConfig = Field(default_factory=BalanceConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    output: Path = Field(description="Run directory to create (relative to the current directory).")
-
-    @field_validator("task")
-    @classmethod
-    def _known_task(cls, value: str) -> str:
-        from kitae.tasks import TASKS
-
-        if value not in TASKS:
-            raise ValueError(f"unknown task '{value}'{_did_you_mean(value, list(TASKS))}; "
-                             f"known: {', '.join(TASKS)}")
-        return value
-
-    @model_validator(mode="after")
-    def _task_rules(self) -> RunConfig:
-        """The task's own rules and defaults live with the task (kitae.tasks.*.configure)."""
-        from kitae.tasks import get_task_class
-
-        task_class = get_task_class(self.task)
-        task_class.configure(self)
-        if self.training.lr is None:
-            self.training.lr = {"full": 2e-5, "prompt_tuning": 3e-2}.get(self.adapter.type, 2e-4)
-        if self.training.select_metric is None:
-            self.training.select_metric = task_class.default_select_metric
-        if self.training.select_metric not in task_class.metric_names:
-            names = sorted(task_class.metric_names)
-            raise ValueError(
-                f"training.select_metric: '{self.training.select_metric}' is not a {self.task} metric"
-                f"{_did_you_mean(self.training.select_metric, names)}; known: {', '.join(names)}"
-            )
-        return self
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config, apply `key.sub=value` overrides, validate, and check input files exist."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of sections (data:, model:, ...)")
-    for override in overrides:
-        apply_override(raw, override)
-    return config_from_dict(raw, base_dir=path.parent, source=str(path))
-
-
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (1e-4, true, [a, b])."""
-    key, sep, value = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. training.lr=1e-4")
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {override!r}: '{part}' is not a section")
-        node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(value)
-    except yaml.YAMLError:
-        node[parts[-1]] = value
-
-
-def config_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), source: str = "config",
-                     check_files: bool = True) -> RunConfig:
-    """Validate a config mapping; resolve input paths against `base_dir`; check they exist."""
-    try:
-        config = RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
-    _resolve_inputs(config, base_dir)
-    if not check_files:
-        return config
-    problems = []
-    for name in ("train", "dev", "test", "split_file"):
-        value = getattr(config.data, name)
-        if value is not None and value.is_dir():
-            problems.append(f"data.{name}: is a directory, not a file: {value}")
-        elif value is not None and not value.is_file():
-            problems.append(f"data.{name}: file not found: {value}")
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
-    return config
-
-
-def _resolve_inputs(config: RunConfig, base_dir: Path) -> None:
-    for name in ("train", "dev", "test", "split_file"):
-        value = getattr(config.data, name)
-        if value is not None and not value.is_absolute():
-            setattr(config.data, name, (base_dir / value).resolve())
-    # A local model folder (or .gguf file) named relative to the config file.
-    local_model = base_dir / config.model.name
-    if not Path(config.model.name).is_absolute() and local_model.exists():
-        config.model.name = str(local_model.resolve())
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"])
-        if err["type"] == "extra_forbidden":
-            section_loc, key = err["loc"][:-1], str(err["loc"][-1])
-            known = _fields_at(section_loc)
-            lines.append(f"  {loc}: unknown key{_did_you_mean(key, known)}"
-                         + (f" (known: {', '.join(known)})" if known else ""))
-        elif err["type"] == "missing":
-            lines.append(f"  {loc}: required key is missing")
-        else:
-            got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {loc or '(top level)'}: {msg}{shown}")
-    return "\n".join(lines)
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = RunConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = getattr(annotation, "__args__", (annotation,))
-        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if sub is None:
-            return []
-        model = sub
-    return list(model.model_fields)
-
-
-# Names users bring from transformers / PEFT / LLaMA-Factory configs.
-KEY_SYNONYMS = {
-    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "use_dora": "dora",
-    "learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
-    "model_name_or_path": "name", "max_seq_length": "max_length", "cutoff_len": "max_length",
-    "lr_scheduler_type": "scheduler", "metric_for_best_model": "select_metric",
-}
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    if KEY_SYNONYMS.get(word) in choices:
-        return f" (did you mean '{KEY_SYNONYMS[word]}'?)"
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def read_saved_config(path: str | Path) -> RunConfig:
-    """A run directory's resolved config.yaml (no file-existence checks: the data may have moved)."""
-    try:
-        return RunConfig.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
-
-
-def config_to_dict(config: RunConfig) -> dict[str, Any]:
-    """The resolved config as plain YAML-able data (written to the run directory)."""
-    return config.model_dump(mode="json")
-
-
-def dump_yaml(data: dict[str, Any]) -> str:
-    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
