@@ -169,7 +169,7 @@ def test_resume_after_sigkill_skips_finished_trials(base, tmp_path):
 
 def test_pruning_stops_a_run_with_status_pruned(base, tmp_path):
     from kitae.config import load_config
-    from kitae.sweep_optuna import OptunaPruning
+    from kitae.sweep.optuna import OptunaPruning
 
     class Trial:  # Optuna's trial interface, answering "prune" after the first report
         def __init__(self) -> None:

@@ -163,8 +163,6 @@ class CheckpointStore:
         if saved_world == world_size:
             set_rng_state(extra["rng_by_rank"][rank] if "rng_by_rank" in extra else extra["rng"])
         else:
-            from kitae.training.distributed import reseed
-
             reseed(seed, loop.epoch, loop.global_step, rank)
         return Resumed(loop, folder, saved_world, optimizer_state if defer_optimizer else None)
 
@@ -266,3 +264,11 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def load_weights(folder: Path, model: nn.Module) -> None:
     """Load a checkpoint folder's trainable weights (e.g. the best epoch's) into `model`."""
     load_trainable_state(model, read_weights(folder))
+
+
+def reseed(seed: int, epoch: int, step: int, rank: int) -> None:
+    """Fresh, reproducible RNG streams for a rank resuming a checkpoint of another world size
+    (its saved streams belong to ranks that no longer exist)."""
+    random.seed(hash((seed, epoch, step, rank)) & 0xFFFFFFFF)
+    np.random.seed([seed, epoch, step, rank])
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0]))

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -472,14 +471,6 @@ def subset_split(split: Any, indices: np.ndarray) -> Any:
 
 
 # --- RNG and memory across world sizes --------------------------------------------------------
-
-def reseed(seed: int, epoch: int, step: int, rank: int) -> None:
-    """Fresh, reproducible RNG streams for a rank resuming a checkpoint of another world size
-    (its saved streams belong to ranks that no longer exist)."""
-    random.seed(hash((seed, epoch, step, rank)) & 0xFFFFFFFF)
-    np.random.seed([seed, epoch, step, rank])
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0]))
-
 
 def max_over_ranks(snapshot: dict[str, float], dist: Distributed | None) -> dict[str, float]:
     """A memory snapshot's largest value per key over the ranks (the rank nearest its limit)."""

@@ -19,7 +19,8 @@ from typing import Any
 
 from kitae.errors import ConfigError, RunDirError
 from kitae.runs import RunLock
-from kitae.sweep import ParameterRange, Sweep, describe, run_trial, validate, validation_points
+from kitae.sweep.plan import ParameterRange, Sweep, describe, validate, validation_points
+from kitae.sweep.trials import run_trial
 from kitae.training.callbacks import Callback
 
 logger = logging.getLogger("kitae")
