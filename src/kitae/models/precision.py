@@ -199,15 +199,17 @@ def plan_precision(caps: DeviceCaps, dtype: str = "auto", attn: str = "auto",
 
 
 def _compute_dtype(caps: DeviceCaps, dtype: str) -> tuple[torch.dtype, str]:
-    """(the dtype the matmuls run in, why: said for "auto" only)."""
-    if dtype != "auto":
-        return _DTYPES[dtype], ""  # the user's choice, even where it is slow (bf16 on an AVX2 CPU)
+    """(the dtype the matmuls run in, why: for "auto", and where the user's choice is slow)."""
+    units = " / ".join(CPU_BF16_UNITS)
+    if dtype != "auto":  # the user's choice, even where it is slow: said so
+        slow = caps.kind == "cpu" and (dtype == "float16" or (dtype == "bfloat16" and not caps.bf16))
+        return _DTYPES[dtype], f"no native {dtype} matmuls on this CPU: slower than float32" if slow else ""
     if caps.kind in ("cuda", "cpu") and caps.bf16:
         return torch.bfloat16, f"auto: bf16 matmuls on {caps.bf16_matmul or caps.kind}"
     if caps.kind in ("cuda", "mps") and caps.fp16:
         return torch.float16, "auto: no native bf16"
     if caps.kind == "cpu":
-        return torch.float32, f"auto: this CPU has no {' / '.join(CPU_BF16_UNITS)} units"
+        return torch.float32, f"auto: this CPU has no {units} units"
     return torch.float32, "auto"
 
 
