@@ -251,3 +251,9 @@ def test_bf16_autocast_matches_float32(tiny_models, separable_data, tmp_path, mo
     float32_run = torch.softmax(torch.from_numpy(results["float32"].logits["test"]).double(), -1).numpy()
     assert (float32_run.argmax(-1) == f32_probs.argmax(-1)).all()
     assert np.abs(float32_run - f32_probs).max() < 0.1
+    # An engine export's parity check (float32, 1e-4) compares kitae in float32, not in bf16.
+    from kitae.export import export_run
+
+    monkeypatch.setenv("KITAE_CPU_BF16", "1")
+    export_run(run, tmp_path / "vllm", engine="vllm")
+    assert json.loads((tmp_path / "vllm" / "parity.json").read_text())["passed"]

@@ -55,7 +55,7 @@ class PrecisionPlan:
     kernels: str = "none"  # "liger": Triton kernels patched into the model (RMSNorm, RoPE, SwiGLU);
     # "unsloth": the model loaded and its LoRA applied by Unsloth (causal LMs)
     kernels_auto: bool = False  # chosen by kernels "auto": applied to the Llama family only
-    why: str = ""  # why this compute dtype (dtype "auto"), for the log and metrics.json
+    why: str = ""  # why this compute dtype (for "auto", or a slow explicit one): the log, metrics.json
 
     def describe(self) -> str:
         amp = f", autocast {str(self.autocast_dtype).removeprefix('torch.')}" if self.autocast_dtype else ""
