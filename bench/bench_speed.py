@@ -464,7 +464,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]], fl
           f"{args.rows} train / {args.dev_rows} dev texts, max_length {args.max_length}, batch {args.batch_size}, "
           f"lr {args.lr:g}, {args.epochs} epoch(s), seed {args.seed}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; matmul peak "
-          f"float32 {peaks['float32'] / 1e9:.0f} / bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s\n")
+          f"float32 {peaks['float32'] / 1e9:.3g} / bf16 {peaks['bfloat16'] / 1e9:.3g} GFLOP/s\n")
     print("| system | train samples/s | real tokens/s | peak memory GiB | predict samples/s | dev macro-F1 |")
     print("|---|---|---|---|---|---|")
     rates = {}
@@ -498,7 +498,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]], fl
     # The limit is the matmul rate of the dtype kitae's matmuls ran in.
     dtype = "bfloat16" if "autocast bfloat16" in kitae.get("precision", "") or torch.cuda.is_available() else "float32"
     peak, achieved = peaks[dtype], rates["kitae"][1] * flops_per_token
-    print(f"- kitae model FLOP/s {achieved / 1e9:.1f} G = {100 * achieved / peak:.0f}% of the {peak / 1e9:.0f} G "
+    print(f"- kitae model FLOP/s {achieved / 1e9:.1f} G = {100 * achieved / peak:.0f}% of the {peak / 1e9:.3g} G "
           f"measured {dtype} matmul peak (so at most {peak / flops_per_token:.0f} real tokens/s for this model here)")
     line = [f"{name}={rates['kitae'][1] / rates[base][1]:.2f}" for name, base in
             (("ratio_vs_trainer", "trainer"), ("ratio_vs_trainer_grouped", "trainer_grouped")) if base in results]
