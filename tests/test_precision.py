@@ -215,6 +215,17 @@ def test_the_head_and_the_loss_stay_float32_under_bf16_autocast(tiny_models):
     assert hf.score.weight.dtype == hf.score.weight.grad.dtype == torch.float32
     assert not torch.is_autocast_enabled("cpu")
 
+    # From several threads at once (a server's): each thread's autocast state is its own.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def forward_in_bf16(_: int) -> tuple[torch.dtype, bool]:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = classifier(input_ids=ids, attention_mask=(ids > 0).long())
+            return out.dtype, torch.is_autocast_enabled("cpu")
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(forward_in_bf16, range(16))) == {(torch.float32, True)}
+
 
 def test_bf16_autocast_matches_float32(tiny_models, separable_data, tmp_path, monkeypatch):
     """dtype auto with bf16 units (forced here: this CPU may have none) trains and predicts under
@@ -225,7 +236,9 @@ def test_bf16_autocast_matches_float32(tiny_models, separable_data, tmp_path, mo
 
     import kitae
     from kitae.config import config_from_dict
+    from kitae.metrics import plots
 
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: None)  # half the runs' time; not tested here
     monkeypatch.setenv("KITAE_CPU_BF16", "1")
     texts = [json.loads(line)["text"] for line in separable_data["test"].read_text(encoding="utf-8").splitlines()]
     results = {}

@@ -22,6 +22,7 @@ master weights the optimizer updates, and the logits feed the loss and the proba
 from __future__ import annotations
 
 import inspect
+import threading
 
 import torch
 from torch import nn
@@ -49,21 +50,25 @@ def keep_float32(module: nn.Module) -> None:
     if getattr(module, "_kitae_float32", False):
         return
     module._kitae_float32 = True  # type: ignore[assignment]
-    module._kitae_autocast_off = []  # type: ignore[assignment]  # one context per nested call
     module.register_forward_pre_hook(_enter_float32)
     module.register_forward_hook(_exit_float32, always_call=True)
+
+
+# The autocast-off contexts entered by `keep_float32`'s hooks, per thread (autocast state is
+# per thread; hooks nest, so a stack): a module may be called from several threads at once.
+_AUTOCAST_OFF = threading.local()
 
 
 def _enter_float32(module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     context = torch.autocast(tensors[0].device.type if tensors else "cpu", enabled=False)
     context.__enter__()
-    module._kitae_autocast_off.append(context)  # type: ignore[operator]
+    _AUTOCAST_OFF.__dict__.setdefault("stack", []).append(context)
     return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
 
 def _exit_float32(module: nn.Module, args: tuple[object, ...], output: object) -> None:
-    module._kitae_autocast_off.pop().__exit__(None, None, None)  # type: ignore[operator]
+    _AUTOCAST_OFF.stack.pop().__exit__(None, None, None)
 
 
 def find_head_name(model: PreTrainedModel) -> str:
