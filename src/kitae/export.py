@@ -17,6 +17,7 @@ how kitae recognises a folder it may replace (`--overwrite`); nothing else is ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -83,6 +84,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
     """Write the standalone folder; returns it. `out_dir` must be new, empty, or (with
     `overwrite`) an earlier kitae export; it is replaced only once the new export is complete.
     `engine` ("vllm", "tei"): a merged folder that engine loads, checked (`kitae.export_engines`)."""
+    import torch
+
     from kitae.api import load
     from kitae.card import build_card
 
@@ -94,6 +97,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
         raise RunDirError(f"{out_dir}: already holds a kitae export; pass --overwrite to replace it")
     # Unmerged: the adapter is what an adapter export saves; a merged export merges below.
     clf = load(run_dir, device="cpu", trust_remote_code=trust_remote_code, merge=False)
+    if getattr(clf, "plan", None) is not None and clf.plan.weights_dtype == torch.float32:
+        # The engines' parity check compares float32 outputs: kitae's side runs float32 too, not
+        # the bf16 autocast dtype "auto" picks on a CPU with bf16 matrix units.
+        clf.plan = dataclasses.replace(clf.plan, autocast_dtype=None, why="float32 for the parity check")
     generator = hasattr(clf, "generate")
     meta = read_json(run_dir / MODEL_DIR / META_FILE)
     plan = None

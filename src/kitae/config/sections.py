@@ -260,7 +260,9 @@ class ModelConfig(Section):
         "for encoders.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype. auto = bfloat16 on GPUs that support it, else float32."
+        "auto", description="Compute dtype. auto = bfloat16 where the hardware runs bf16 matmuls natively (GPUs "
+                        "with bf16; CPUs with AMX-BF16 or AVX512-BF16: float32 weights, bf16 autocast), "
+                        "else float32 (fp16 autocast on older GPUs). float32 forces float32 everywhere."
     )
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         "auto", description="auto = flash_attention_2 when installed on a bf16/fp16 GPU, else sdpa."

@@ -37,7 +37,9 @@ class Batching:
 
 
 def autocast(plan: PrecisionPlan) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision where the plan asks for it (bf16 / fp16 on GPUs); nothing on float32."""
+    """Mixed precision where the plan asks for it (bf16 on GPUs and on CPUs with bf16 matrix
+    units, fp16 on older GPUs); nothing on float32. Training, evaluation, prediction, generation
+    and serving all enter it from the same plan."""
     if plan.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=plan.device.split(":")[0], dtype=plan.autocast_dtype)

@@ -14,11 +14,15 @@ decoders get position ids that restart per sequence and no mask (transformers th
 block-diagonal causal mask, and flash-attention reads the restarts as varlen boundaries),
 encoders get a block-diagonal mask. Whether a model computes packed rows exactly as unpacked ones
 is checked once when it is built (`choose_packing`), not assumed.
+
+The head always computes in float32 (`keep_float32`), under autocast too: its weights are the
+master weights the optimizer updates, and the logits feed the loss and the probabilities.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 
 import torch
 from torch import nn
@@ -33,6 +37,38 @@ from kitae.models.pooling import (
 )
 
 HEAD_NAMES = ("score", "classifier")
+
+
+def keep_float32(module: nn.Module) -> None:
+    """Make `module` float32 and run it in float32 whatever autocast is on around it: its
+    floating inputs are cast to float32 and autocast is off inside its forward (hooks, so the
+    module and its weight names stay as they are; the exit hook runs even when the forward
+    raises). Idempotent. A quantized head (integer weights) is left as it is."""
+    if any(not p.is_floating_point() for p in module.parameters()):
+        return
+    module.float()
+    if getattr(module, "_kitae_float32", False):
+        return
+    module._kitae_float32 = True  # type: ignore[assignment]
+    module.register_forward_pre_hook(_enter_float32)
+    module.register_forward_hook(_exit_float32, always_call=True)
+
+
+# The autocast-off contexts entered by `keep_float32`'s hooks, per thread (autocast state is
+# per thread; hooks nest, so a stack): a module may be called from several threads at once.
+_AUTOCAST_OFF = threading.local()
+
+
+def _enter_float32(module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    context = torch.autocast(tensors[0].device.type if tensors else "cpu", enabled=False)
+    context.__enter__()
+    _AUTOCAST_OFF.__dict__.setdefault("stack", []).append(context)
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _exit_float32(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+    _AUTOCAST_OFF.stack.pop().__exit__(None, None, None)
 
 
 def find_head_name(model: PreTrainedModel) -> str:
@@ -52,6 +88,7 @@ class SequenceClassifier(nn.Module):
         self.pooling = pooling
         self.is_decoder = is_decoder
         self.head_name = find_head_name(hf_model)
+        keep_float32(self.head)
         backbone = getattr(hf_model, hf_model.base_model_prefix)
         self._backbone_takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
         # How packed rows are fed to this model ("positions" for decoders, a mask form for
@@ -106,7 +143,7 @@ class SequenceClassifier(nn.Module):
         if self._backbone_takes_positions:
             kwargs["position_ids"] = position_ids
         if form != "positions":
-            kwargs["attention_mask"] = block_attention_mask(segment_ids, form, self._head_dtype())
+            kwargs["attention_mask"] = block_attention_mask(segment_ids, form, self._weights_dtype())
         hidden = self.backbone(input_ids=input_ids, use_cache=False, **kwargs).last_hidden_state
         if self.pooling == "mean":
             pooled = segment_mean_pool(hidden, segment_ids, len(pool_rows))
@@ -116,6 +153,10 @@ class SequenceClassifier(nn.Module):
 
     def _head_dtype(self) -> torch.dtype:
         return next(self.head.parameters()).dtype
+
+    def _weights_dtype(self) -> torch.dtype:
+        """The backbone's dtype (the head's is float32 whatever the backbone's)."""
+        return next(p.dtype for p in self.backbone.parameters() if p.is_floating_point())
 
 
 # The inputs a packed-vs-unpacked check may feed (decoders read restarting positions with no
@@ -173,7 +214,7 @@ def _first_exact_form(classifier: SequenceClassifier, forms: tuple[str, ...]) ->
                                  "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device)})
             for ids in sequences])
         packed_inputs = {k: v.to(device) for k, v in collate_packed(sequences, 0).items()}
-        tolerance = 1e-4 if classifier._head_dtype() == torch.float32 else 2e-2
+        tolerance = 1e-4 if classifier._weights_dtype() == torch.float32 else 2e-2
         scale = float(alone.abs().max()) or 1.0
         for form in forms:
             classifier.packing = form

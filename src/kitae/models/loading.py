@@ -181,4 +181,8 @@ def load_for_classification(source: ModelSource, model_config: ModelConfig, plan
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", ())})
     if not plan.load_in_4bit:
         model.to(plan.device)
+    from kitae.models.classifier import find_head_name, keep_float32
+
+    # The head is float32 before PEFT copies it (a trained head then loads without rounding).
+    keep_float32(getattr(model, find_head_name(model)))
     return LoadedModel(model, not is_encoder_config(model.config), new_modules)

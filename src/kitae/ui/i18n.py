@@ -75,7 +75,7 @@ DESCRIPTIONS_JA: dict[str, str] = {
     "model.pooling": "テキストを 1 本のベクトルにする方法: 'last' は最後の実トークン（デコーダー）、'cls' は"
                      "（エンコーダーの）モデル自身のプーラー、'mean' は実トークンの平均。auto はデコーダーなら last、"
                      "エンコーダーなら cls。",
-    "model.dtype": "重みの dtype。auto は bfloat16 に対応する GPU なら bfloat16、それ以外は float32。",
+    "model.dtype": "計算の dtype。auto は bf16 の行列演算をハードウェアで実行できる環境（bf16 対応 GPU、AMX-BF16 / AVX512-BF16 を持つ CPU: 重みは float32 のまま bf16 autocast）なら bfloat16、それ以外は float32（古い GPU は fp16 autocast）。float32 を指定すると常に float32。",
     "model.attn_implementation": "auto は bf16/fp16 の GPU に flash_attention_2 が入っていればそれ、なければ sdpa。",
     "model.use_fast_tokenizer": "sentencepiece の slow トークナイザーでは false（rinna は false が必要）。",
     "model.trust_remote_code": "Hub のモデルコードの実行を許可する。既定はオフ。",
