@@ -94,7 +94,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
         raise RunDirError(f"{out_dir}: already holds a kitae export; pass --overwrite to replace it")
     # Unmerged: the adapter is what an adapter export saves; a merged export merges below.
     clf = load(run_dir, device="cpu", trust_remote_code=trust_remote_code, merge=False)
-    generator = hasattr(clf, "generate")
+    generator = clf.generates
     meta = read_json(run_dir / MODEL_DIR / META_FILE)
     plan = None
     if engine is not None:

@@ -282,10 +282,12 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
             app.router.routes.insert(0, Mount(f"/serve/{number}", app=serving))
         info = serving.state.service.info
         classifier = serving.state.service.classifier
-        thresholds = classifier.task.state().get("thresholds") if info["task"] == "multi_label" else None
+        # Tuned thresholds where the task decides by them; pairs where the run reads text pairs.
+        thresholds = classifier.task.state().get("thresholds")
+        data = classifier.task.config.data
         return {"kind": "classifier", "run": name, "predict_url": f"/serve/{number}/predict", "info": info,
                 "thresholds": thresholds, "pair": bool(classifier.meta["data"].get("text_fields"))
-                or info["task"] == "pair"}
+                or bool(data.pair_fields())}
 
     @app.post("/api/generate")
     async def generate(request: Request) -> Any:
@@ -527,13 +529,14 @@ def _served_app(state: UIState, name: str) -> tuple[int, Any] | None:
     None for a run that generates text."""
     from kitae.runs import require_finished_run
     from kitae.serving import build_app
+    from kitae.tasks import TASKS, get_task_class
 
     with state.lock:
         if name in state.served:
             return state.served[name]
         run_dir = require_finished_run(state.jobs.run_dir(name))
         task = (read_json(run_dir / "labels.json") or {}).get("task")
-        if task in ("sft", "causal_lm"):
+        if task in TASKS and get_task_class(task).contract.generates:
             return None
         serving = build_app(run_dir)  # the UI's own guard stands before /serve/N/ (token, host)
         serving.state.service.worker.start()
@@ -544,6 +547,7 @@ def _served_app(state: UIState, name: str) -> tuple[int, Any] | None:
 def _generate(state: UIState, name: str, prompts: list[str]) -> dict[str, Any]:
     import kitae
     from kitae.runs import require_finished_run
+    from kitae.tasks.contract import Capability
 
     prompts = [str(p) for p in prompts if str(p).strip()]
     if not prompts:
@@ -552,8 +556,7 @@ def _generate(state: UIState, name: str, prompts: list[str]) -> dict[str, Any]:
         if name not in state.generators:
             state.generators[name] = kitae.load(require_finished_run(state.jobs.run_dir(name)))
         generator = state.generators[name]
-    if not hasattr(generator, "generate"):
-        raise KitaeError(f"run {name}: a classifier; use predict")
+    generator.require(Capability.GENERATE)
     return {"generations": generator.generate(prompts[:64])}
 
 
