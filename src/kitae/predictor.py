@@ -309,7 +309,7 @@ def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
-         trust_remote_code: bool = False, merge: bool = True) -> Any:
+         trust_remote_code: bool = False, merge: bool = True) -> LoadedRun:
     """Load a finished run: a `kitae.inference.loaded.LoadedRun` whose capability its task declares
     (`loaded.capability`): a `Classifier` for the tasks that predict, a `kitae.generator.Generator`
     for those that generate. A classifier's LoRA adapter is merged into the weights for speed
