@@ -46,6 +46,7 @@ def test_a_loaded_classifier_refuses_to_generate(llama_run):
 
     loaded = kitae.load(llama_run.run_dir)
     assert loaded.capability is Capability.PREDICT and not loaded.generates
+    assert json.loads((llama_run.run_dir / "labels.json").read_text())["capability"] == "predict"
     with pytest.raises(KitaeError, match="a single_label run is a classifier: it predicts .* does not generate"):
         loaded.generate(["日本の首都は"])
     out = CliRunner().invoke(app, ["generate", str(llama_run.run_dir), "--prompt", "日本の首都は"])

@@ -108,3 +108,18 @@ def test_the_loaded_run_classes_implement_their_capability():
 
     for cls, own in ((Classifier, ("predict", "predict_file")), (Generator, ("generate", "generate_file"))):
         assert all(getattr(cls, name) is not getattr(LoadedRun, name) for name in own), cls
+
+
+def test_the_ui_reads_the_capability_a_run_records(task_name, tmp_path):
+    """Runs record their task's capability in labels.json (the UI reads it without torch); a run of
+    an earlier release, without it, is answered by its task class."""
+    import json
+
+    from kitae.ui.app import run_capability
+
+    assert run_capability(tmp_path) == ""  # still training: nothing recorded yet
+    (tmp_path / "labels.json").write_text(json.dumps({"task": task_name, "labels": []}), encoding="utf-8")
+    assert run_capability(tmp_path) == str(get_task_class(task_name).contract.capability)
+    other = "predict" if get_task_class(task_name).contract.generates else "generate"
+    (tmp_path / "labels.json").write_text(json.dumps({"task": task_name, "capability": other}), encoding="utf-8")
+    assert run_capability(tmp_path) == other  # what the run recorded wins

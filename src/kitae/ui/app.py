@@ -497,7 +497,7 @@ def _run_detail(state: UIState, name: str) -> dict[str, Any]:
                    and p.name != "steps.csv")
     config_text = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
     return {"run": name, "path": str(run_dir), "status": status, "pid": pid, "task": summary.task,
-            "model": summary.model, "adapter": summary.adapter, "config": summary.config, "config_yaml": config_text,
+            "capability": run_capability(run_dir), "model": summary.model, "adapter": summary.adapter, "config": summary.config, "config_yaml": config_text,
             "metrics": summary.metrics, "summary": summary.summary, "info": summary.info,
             "progress": _read_progress(run_dir), "history": _read_history(run_dir), "files": files,
             "job": describe_job(job), "log": state.jobs.log_tail(name),
@@ -529,19 +529,31 @@ def _served_app(state: UIState, name: str) -> tuple[int, Any] | None:
     None for a run that generates text."""
     from kitae.runs import require_finished_run
     from kitae.serving import build_app
-    from kitae.tasks import TASKS, get_task_class
 
     with state.lock:
         if name in state.served:
             return state.served[name]
         run_dir = require_finished_run(state.jobs.run_dir(name))
-        task = (read_json(run_dir / "labels.json") or {}).get("task")
-        if task in TASKS and get_task_class(task).contract.generates:
+        if run_capability(run_dir) == "generate":
             return None
         serving = build_app(run_dir)  # the UI's own guard stands before /serve/N/ (token, host)
         serving.state.service.worker.start()
         state.served[name] = (len(state.served) + 1, serving)
         return state.served[name]
+
+
+def run_capability(run_dir: Path) -> str:
+    """"predict" or "generate": what the run's task declares (kitae.tasks.contract), as the run
+    directory records it; "" before training has written it. Runs of earlier releases did not
+    record it: their task class says (which imports torch, once)."""
+    from kitae.tasks import TASKS, get_task_class
+
+    path = run_dir / "labels.json"
+    labels = read_json(path) if path.is_file() else {}
+    if labels.get("capability"):
+        return str(labels["capability"])
+    task = labels.get("task")
+    return str(get_task_class(task).contract.capability) if task in TASKS else ""
 
 
 def _generate(state: UIState, name: str, prompts: list[str]) -> dict[str, Any]:
