@@ -41,6 +41,18 @@ def test_card_front_matter_lists_the_real_metrics(llama_run):
     assert (llama_run.run_dir / "model" / "confusion_matrix_test.png").is_file()
 
 
+def test_a_loaded_classifier_refuses_to_generate(llama_run):
+    from kitae.tasks.contract import Capability
+
+    loaded = kitae.load(llama_run.run_dir)
+    assert loaded.capability is Capability.PREDICT and not loaded.generates
+    assert json.loads((llama_run.run_dir / "labels.json").read_text())["capability"] == "predict"
+    with pytest.raises(KitaeError, match="a single_label run is a classifier: it predicts .* does not generate"):
+        loaded.generate(["日本の首都は"])
+    out = CliRunner().invoke(app, ["generate", str(llama_run.run_dir), "--prompt", "日本の首都は"])
+    assert out.exit_code != 0 and "is a classifier: it predicts" in out.output, out.output
+
+
 def _texts(separable_data):
     return [json.loads(line)["text"] for line in separable_data["test"].read_text().splitlines()]
 

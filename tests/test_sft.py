@@ -24,6 +24,7 @@ from kitae.data.instructions import (
     tokenize_segments,
 )
 from kitae.data.packing import collate_rows, pack
+from kitae.errors import KitaeError
 
 # A synthetic mapping: a question character -> a two-character answer. Learnable, and at the
 # start nothing answers it (exact match 0).
@@ -294,6 +295,8 @@ def test_sft_learns_the_mapping_and_generates(lm_models, qa_files, tmp_path):
     assert "pipeline_tag: text-generation" in card and "exact_match" in card
     generator = kitae.load(run)
     assert generator.generate(["雨の答え"]) == ["晴雪"]
+    with pytest.raises(KitaeError, match="a sft run generates text .* it does not predict labels"):
+        generator.predict(["雨の答え"])
     assert generator.generate([{"instruction": "肉の答え"}]) == ["魚米"]
     # The CLI: one prompt, and a file of prompts.
     out = CliRunner().invoke(app, ["generate", str(run), "--prompt", "株の答え"])

@@ -16,8 +16,9 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from kitae.api import Classifier, TrainResult, load, train
     from kitae.generator import Generator
+    from kitae.inference.loaded import LoadedRun
 
-__all__ = ["Classifier", "Generator", "TrainResult", "load", "train", "__version__"]
+__all__ = ["Classifier", "Generator", "LoadedRun", "TrainResult", "load", "train", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -30,4 +31,8 @@ def __getattr__(name: str) -> Any:
         from kitae.generator import Generator
 
         return Generator
+    if name == "LoadedRun":  # what kitae.load returns (torch-free to import)
+        from kitae.inference.loaded import LoadedRun
+
+        return LoadedRun
     raise AttributeError(name)

@@ -325,7 +325,9 @@ def _train(config: RunConfig, task: Task, examples: dict[str, list[Example]], sp
         # Rank 0 writes the run directory; the others wait for it (teardown's barrier).
         return TrainResult(run_dir, config.task, metrics, summary["selected_epoch"], outputs, loop.stop_reason)
     write_json(run_dir / "metrics.json", {**metrics, "summary": summary})
-    write_json(run_dir / "labels.json", {"task": config.task, "labels": task.labels})
+    # The capability too, so that what reads the run without torch (the UI) need not import the task.
+    write_json(run_dir / "labels.json", {"task": config.task, "labels": task.labels,
+                                         "capability": str(task.contract.capability)})
     source = backbone.source
     meta = {"task": config.task, "labels": task.labels,
             "base_model": {"path": source.path, "gguf_file": source.gguf_file, "revision": source.revision},

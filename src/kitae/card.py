@@ -18,7 +18,6 @@ from kitae.models.sources import hub_model_name, public_model_name
 from kitae.runs import read_json
 
 _LICENSES = {"pypi:gemma-3-270m": "gemma"}
-_KINDS = {"regression": "regression model", "reward": "reward model (one score per text)"}
 
 
 def _input_description(data: dict[str, Any]) -> str:
@@ -74,12 +73,13 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     base = base_model_name or config["model"]["name"]
     task = config["task"]
     task_class = get_task_class(task)
-    generator = task_class.kind == "generator"
+    contract = task_class.contract
+    generator = contract.generates
     headline = task_class.report_metrics
     test = metrics.get("test") or metrics.get("dev") or {}
     split_name = "test" if "test" in metrics else "dev"
     dataset = Path(config["data"]["train"]).parent.name or Path(config["data"]["train"]).stem
-    pipeline = "text-generation" if generator else "text-classification"
+    pipeline = contract.pipeline_tag
 
     front: dict[str, Any] = {
         "library_name": "peft" if config["adapter"]["type"] in ("lora", "qlora", "prompt_tuning") and exported == "adapter"
@@ -106,17 +106,16 @@ def build_card(run_dir: Path, base_model_name: str | None = None, exported: str 
     lines = ["---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).rstrip(), "---", ""]
     lines += [f"# {Path(config['output']).name}", ""]
     if generator:
-        what = {"sft": "An instruction-tuned (SFT)", "causal_lm": "A further pre-trained"}.get(task, "A")
-        lines += [f"{what} causal language model fine-tuned with kitae from `{base}` ({config['adapter']['type']}).", ""]
-        if task == "sft":
+        lines += [f"{contract.card_summary} fine-tuned with kitae from `{base}` ({config['adapter']['type']}).", ""]
+        if contract.conversational:
             lines += ["## Prompt format", "", f"`{meta.get('prompt_format')}`"
                       + (f" with the template `{repr(config['data']['template'])[1:-1]}`"
                          if meta.get("prompt_format") == "template" else "")
                       + "; the loss was on " + ("every token" if config["training"].get("train_on_prompt")
                                                  else "the response tokens only") + "."]
     else:
-        lines += [f"A {_KINDS.get(task, task.replace('_', '-') + ' text classifier')} fine-tuned with kitae "
-                  f"from `{base}` ({config['adapter']['type']}, pooling `{meta['pooling']}`).", ""]
+        lines += [f"{contract.card_summary} fine-tuned with kitae from `{base}` ({config['adapter']['type']}, "
+                  f"pooling `{meta['pooling']}`).", ""]
         lines += ["## Labels", "", "| id | label |", "|---|---|"]
         lines += [f"| {i} | {label} |" for i, label in enumerate(labels)]
         thresholds = meta.get("task_state", {}).get("thresholds")

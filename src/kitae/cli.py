@@ -191,7 +191,7 @@ def evaluate(
         return
     loaded = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
     overrides = _generation_overrides(set_ or [])
-    if hasattr(loaded, "generate"):
+    if loaded.generates:
         if labelled is None:
             results = loaded.evaluate_splits(_config_splits(loaded.config, split),
                                              output_dir or Path(run_dir) / "eval-splits", **overrides)
@@ -277,6 +277,7 @@ def generate(
     """Generate with an sft / causal_lm run: --prompt TEXT, or a file of prompts with -o. Settings
     default to the run's generation: section."""
     import kitae
+    from kitae.tasks.contract import Capability
 
     _setup_logging(False)
     if (input is None) == (not prompt):
@@ -284,8 +285,7 @@ def generate(
     if input is not None and output is None:
         raise KitaeError("a file of prompts needs -o OUTPUT.jsonl (or .csv)")
     loaded = kitae.load(run_dir, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
-    if not hasattr(loaded, "generate"):
-        raise KitaeError(f"{run_dir}: a {loaded.meta['task']} classifier does not generate; use kitae predict")
+    loaded.require(Capability.GENERATE)
     settings = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repetition_penalty": repetition_penalty, "max_new_tokens": max_new_tokens,
                 "stop": stop or None, "seed": seed}

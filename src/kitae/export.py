@@ -101,7 +101,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, merge: bool = False, ov
         # The engines' parity check compares float32 outputs: kitae's side runs float32 too, not
         # the bf16 autocast dtype "auto" picks on a CPU with bf16 matrix units.
         clf.plan = dataclasses.replace(clf.plan, autocast_dtype=None, why="float32 for the parity check")
-    generator = hasattr(clf, "generate")
+    generator = clf.generates
     meta = read_json(run_dir / MODEL_DIR / META_FILE)
     plan = None
     if engine is not None:

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from kitae.errors import KitaeError
+from kitae.tasks.contract import Activation
 
 logger = logging.getLogger("kitae")
 
@@ -56,10 +57,6 @@ VLLM_ENCODERS = ("BertForSequenceClassification", "XLMRobertaForSequenceClassifi
 TEI_ENCODERS = ("BertForSequenceClassification", "XLMRobertaForSequenceClassification",
                 "RobertaForSequenceClassification", "CamembertForSequenceClassification",
                 "DistilBertForSequenceClassification", "ModernBertForSequenceClassification")
-
-PROBLEM_TYPES = {"single_label": "single_label_classification", "pair": "single_label_classification",
-                 "multi_label": "multi_label_classification", "regression": "regression",
-                 "reward": "regression"}
 
 
 @dataclass
@@ -80,10 +77,11 @@ def plan_engine_export(clf: Any, engine: str, run_dir: Path) -> EnginePlan:
     """Check that `engine` can reproduce this run; raise KitaeError with the reason and fix if not."""
     if engine not in ENGINES:
         raise KitaeError(f"--for {engine}: unknown engine; choose one of {', '.join(ENGINES)}")
-    if hasattr(clf, "generate"):
-        raise KitaeError(f"{run_dir}: an sft / causal_lm run is a causal LM: `kitae export RUN OUT --merge` writes "
-                         "a folder `vllm serve OUT` generates with; --for checks classifier contracts")
-    task = clf.meta["task"]
+    if clf.generates:
+        raise KitaeError(f"{run_dir}: a {clf.task_class.name} run is a causal LM: `kitae export RUN OUT --merge` "
+                         "writes a folder `vllm serve OUT` generates with; --for checks classifier contracts")
+    contract = clf.task_class.contract
+    assert contract.problem_type is not None  # every classifier declares one (TaskContract checks)
     architecture = type(clf.model.hf_model).__name__
     is_decoder = bool(clf.model.is_decoder)
     if clf.model.pooling == "mean" and engine != "onnx":
@@ -114,7 +112,9 @@ def plan_engine_export(clf: Any, engine: str, run_dir: Path) -> EnginePlan:
                              "tokenizer.json, which text-embeddings-inference needs (MeCab / sentencepiece "
                              "tokenizers without a fast version); use --for vllm or kitae serve")
     fold = None
-    if task == "regression" and engine != "onnx":  # ONNX computes target units in the graph
+    # Values in target units (regression): engines return the head's outputs, so the target
+    # normalisation goes into the head (ONNX computes target units in its graph instead).
+    if contract.activation is Activation.VALUES and engine != "onnx":
         mean = np.asarray(clf.task.mean, dtype=np.float64)
         std = np.asarray(clf.task.std, dtype=np.float64)
         if np.any(mean != 0) and _last_linear(head).bias is None:
@@ -125,7 +125,7 @@ def plan_engine_export(clf: Any, engine: str, run_dir: Path) -> EnginePlan:
         if np.any(mean != 0) or np.any(std != 1):
             fold = (std, mean)
     texts = sample_texts(clf)
-    return EnginePlan(engine, architecture, is_decoder, PROBLEM_TYPES[task], fold, texts,
+    return EnginePlan(engine, architecture, is_decoder, contract.problem_type, fold, texts,
                       clf.task.probabilities(clf.logits(texts)))
 
 
@@ -153,8 +153,9 @@ def finish_engine_export(folder: Path, plan: EnginePlan, clf: Any, run_dir: Path
     if plan.engine == "tei" and not (folder / "tokenizer.json").is_file():
         raise KitaeError(f"{run_dir}: the exported tokenizer wrote no tokenizer.json; text-embeddings-inference "
                          "cannot load it")
-    if clf.meta["task"] == "multi_label":
-        values = [float(t) for t in clf.task.thresholds]
+    thresholds = clf.task.state().get("thresholds")  # per label, where the task decides by them
+    if thresholds is not None:
+        values = [float(thresholds[label]) for label in clf.labels]
         (folder / "thresholds.json").write_text(json.dumps(
             {"labels": clf.labels, "thresholds": values,
              "note": "engines return per-label probabilities; a label is predicted when its probability "
@@ -313,7 +314,7 @@ def launch_command(plan: EnginePlan, folder: Path, clf: Any) -> str:
 class _OnnxGraph(torch.nn.Module):
     """What model.onnx computes: kitae's padding-safe pooling and head, then the run's outputs."""
 
-    def __init__(self, classifier: torch.nn.Module, outputs: str, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, classifier: torch.nn.Module, outputs: Activation, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.classifier, self.kind = classifier, outputs
         self.register_buffer("mean", mean)
@@ -322,11 +323,11 @@ class _OnnxGraph(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.classifier(input_ids, attention_mask, token_type_ids=token_type_ids).float()
-        if self.kind == "softmax":
+        if self.kind is Activation.SOFTMAX:
             return logits, torch.softmax(logits, dim=-1)
-        if self.kind == "sigmoid":
+        if self.kind is Activation.SIGMOID:
             return logits, torch.sigmoid(logits)
-        if self.kind == "values":
+        if self.kind is Activation.VALUES:
             return logits, logits * self.std + self.mean
         return logits, logits
 
@@ -341,11 +342,10 @@ def export_onnx(model: Any, clf: Any, folder: Path) -> None:
     from kitae.data.batching import collate
     from kitae.models.classifier import SequenceClassifier
 
-    task = clf.meta["task"]
-    kind = {"single_label": "softmax", "pair": "softmax", "multi_label": "sigmoid", "regression": "values"}.get(
-        task, "scores")
-    mean = torch.as_tensor(np.asarray(getattr(clf.task, "mean", [0.0]), dtype=np.float32))
-    std = torch.as_tensor(np.asarray(getattr(clf.task, "std", [1.0]), dtype=np.float32))
+    kind = clf.task_class.contract.activation
+    state = clf.task.state()  # a regression task's target normalisation, used by Activation.VALUES
+    mean = torch.as_tensor(np.asarray(state.get("mean", [0.0]), dtype=np.float32))
+    std = torch.as_tensor(np.asarray(state.get("std", [1.0]), dtype=np.float32))
     classifier = SequenceClassifier(model, model, clf.model.pooling, clf.model.is_decoder).float().eval()
     graph = _OnnxGraph(classifier, kind, mean, std).eval()
     sample = clf.encode(sample_texts(clf, 2) * 2)

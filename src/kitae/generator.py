@@ -30,6 +30,7 @@ from kitae.data.instructions import Conversation, leading_special_ids, read_conv
 from kitae.data.packing import LMSplit
 from kitae.data.readers import Row, count_rows, iter_chunks, iter_rows
 from kitae.errors import DataError, KitaeError
+from kitae.inference.loaded import LoadedRun
 from kitae.runs import (
     MODEL_DIR,
     atomic_text_file,
@@ -39,7 +40,8 @@ from kitae.runs import (
     write_json,
     write_jsonl,
 )
-from kitae.tasks import get_task_class
+from kitae.tasks import TASKS, get_task_class
+from kitae.tasks.contract import Capability
 from kitae.tasks.generative import GenerativeTask
 
 logger = logging.getLogger("kitae")
@@ -47,15 +49,18 @@ logger = logging.getLogger("kitae")
 GENERATE_CHUNK_ROWS = 256  # rows read, generated and written at a time by generate_file / evaluate_file
 
 
-class Generator:
-    """A causal LM with its run's prompt format and generation settings."""
+class Generator(LoadedRun):
+    """A causal LM with its run's prompt format and generation settings (its task's capability:
+    generate)."""
 
     def __init__(self, model: Any, tokenizer: Any, config: RunConfig, plan: Any, eos_token_ids: list[int],
                  prompt_format: str | None, settings: GenerationSettings, batch_size: int = 8,
                  source: str = "", run_dir: Path | None = None) -> None:
         self.model, self.tokenizer, self.config, self.plan = model, tokenizer, config, plan
         self.settings, self.batch_size, self.source, self.run_dir = settings, batch_size, source, run_dir
-        task = get_task_class(config.task)(config, [])
+        self.task_class = get_task_class(config.task)
+        self.require(Capability.GENERATE)
+        task = self.task_class(config, [])
         assert isinstance(task, GenerativeTask)
         task.tokenizer, task.eos_token_ids = tokenizer, list(eos_token_ids)
         if prompt_format is not None:
@@ -83,9 +88,10 @@ class Generator:
         from kitae.models.precision import plan_precision, probe_caps
         from kitae.models.sources import public_model_name, resolve_source
 
-        if get_task_class(config.task).kind != "generator":
-            raise KitaeError(f"--model evaluates a base causal LM: the config's task must be sft or causal_lm, "
-                             f"not {config.task}")
+        if not get_task_class(config.task).contract.generates:
+            generators = ", ".join(name for name in TASKS if get_task_class(name).contract.generates)
+            raise KitaeError(f"--model evaluates a base causal LM: the config's task must be one that generates "
+                             f"({generators}), not {config.task}")
         plan = plan_precision(probe_caps(device or config.training.device), config.model.dtype,
                               config.model.attn_implementation, "full")
         source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
@@ -93,7 +99,8 @@ class Generator:
         hf_model = load_for_causal_lm(source, config.model, plan)
         hf_model.eval()
         tokenizer = backbone.tokenizer
-        prompt_format = resolve_prompt_format(config.data, tokenizer) if config.task == "sft" else None
+        conversational = get_task_class(config.task).contract.conversational
+        prompt_format = resolve_prompt_format(config.data, tokenizer) if conversational else None
         generator = cls(CausalLM(hf_model, hf_model), tokenizer, config, plan, [], prompt_format,
                         config.generation, batch_size, source=f"base:{public_model_name(config.model.name)}")
         if tokenizer.eos_token_id is not None:
@@ -101,10 +108,23 @@ class Generator:
         generator.task._add_model_eos(hf_model)
         return generator
 
+    def describe(self) -> str:
+        return str(self.run_dir or self.source)
+
+    @property
+    def _raw_prompts(self) -> bool:
+        """Whether prompts are text continued as it is (not conversations in a prompt format)."""
+        return not self.task_class.contract.conversational
+
+    @property
+    def _scores_generations(self) -> bool:
+        """Whether an evaluation generates and scores answers (else: token loss only)."""
+        return self.task.evaluation_generates(final=True)
+
     # --- prompts ------------------------------------------------------------------------------
     def prompt_ids(self, prompt: Any, raw: bool = False) -> list[int]:
         """The token ids generation continues from, in the run's prompt format."""
-        if raw or self.config.task != "sft":
+        if raw or self._raw_prompts:
             if not isinstance(prompt, str):
                 raise KitaeError("a raw prompt is a string")
             return leading_special_ids(self.tokenizer) + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -163,7 +183,7 @@ class Generator:
                 ids, prompts, prompt_texts, targets = [], [], [], []
                 for row in rows:
                     ids.append(str(row.values.get(data.id_field) or f"{path.stem}-{row.line}"))
-                    if raw or self.config.task != "sft":
+                    if raw or self._raw_prompts:
                         text = self.task.render(row)
                         prompts.append(self.prompt_ids(text, raw=True))
                         prompt_texts.append(text)
@@ -238,7 +258,7 @@ class Generator:
         targets: list[Any] = []
         loss_total, loss_tokens = 0.0, 0
         try:
-            if self.config.task == "sft":
+            if self._scores_generations:
                 with atomic_text_file(out / "predictions.jsonl") as handle:
                     for ids, prompts, chunk, chunk_targets, chunk_rows in self._stream(path, True, settings, progress):
                         handle.writelines(json.dumps(r, ensure_ascii=False) + "\n"
@@ -280,7 +300,7 @@ class Generator:
             split = self.task.encode(name, split_examples, _BackboneView(self.tokenizer))
             loss = self.task.mean_loss(self.model, split, self.plan, batch_size)
             metrics: dict[str, Any] = {"loss": loss, "perplexity": float(np.exp(loss)) if loss < 700 else float("inf")}
-            if self.config.task == "sft":
+            if self._scores_generations:
                 prompts = [ids[:n] for (ids, _), n in zip(split.examples, split.prompt_lengths)]
                 generations = self._generate(prompts, settings, progress=True)
                 metrics.update(score_generations(generations, split.targets))

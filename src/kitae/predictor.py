@@ -23,6 +23,7 @@ from kitae.data.batching import Encoded, EncodedSplit, encode_texts
 from kitae.data.examples import build_examples
 from kitae.data.readers import Row, count_rows, iter_chunks, iter_rows
 from kitae.errors import DataError, KitaeError, RunDirError
+from kitae.inference.loaded import LoadedRun
 from kitae.inference.logits import Batching, predict_logits
 from kitae.models.persist import load_classifier
 from kitae.runs import (
@@ -37,6 +38,7 @@ from kitae.runs import (
 )
 from kitae.tasks import TASKS, get_task_class
 from kitae.tasks.classification import ClassificationTask
+from kitae.tasks.contract import Capability
 
 logger = logging.getLogger("kitae")
 
@@ -85,8 +87,8 @@ class EncodedInputs:
         return EncodedInputs(encoded, self.group_size, [self.truncated[i] for i in indices])
 
 
-class Classifier:
-    """A trained run, loaded for inference: `kitae.load(run_dir)`."""
+class Classifier(LoadedRun):
+    """A trained classifier run (its task's capability: predict), loaded: `kitae.load(run_dir)`."""
 
     def __init__(self, run_dir: Path, device: str = "auto", batch_size: int = 32,
                  trust_remote_code: bool = False, merge: bool = True) -> None:
@@ -103,16 +105,24 @@ class Classifier:
         self.model, self.tokenizer, self.meta, self.plan = model, tokenizer, meta, plan
         self.config = read_saved_config(saved) if saved.is_file() else None
         self.labels: list[str] = meta["labels"]
+        if meta.get("task") not in TASKS:
+            raise RunDirError(f"{self.run_dir}: kitae_model.json names the task {meta.get('task')!r}, which this "
+                              f"kitae does not have ({', '.join(TASKS)})")
+        self.task_class = get_task_class(meta["task"])
+        self.require(Capability.PREDICT)
         self.batch_size = batch_size
         self._batching = Batching(tokenizer.pad_token_id, tokenizer.padding_side)
         self._task: ClassificationTask | None = None
+
+    def describe(self) -> str:
+        return str(self.run_dir)
 
     @property
     def task(self) -> ClassificationTask:
         if self._task is None:
             if self.config is None:
                 raise RunDirError(f"{self.run_dir}: config.yaml is missing")
-            self._task = get_task_class(self.meta["task"])(self.config, self.labels)
+            self._task = self.task_class(self.config, self.labels)
             self._task.load_state(self.meta.get("task_state", {}))
         return self._task
 
@@ -299,9 +309,10 @@ def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
-         trust_remote_code: bool = False, merge: bool = True) -> Any:
-    """Load a finished run: a `Classifier` for classification runs, a `kitae.generator.Generator`
-    for sft and causal_lm runs. A classifier's LoRA adapter is merged into the weights for speed
+         trust_remote_code: bool = False, merge: bool = True) -> LoadedRun:
+    """Load a finished run: a `kitae.inference.loaded.LoadedRun` whose capability its task declares
+    (`loaded.capability`): a `Classifier` for the tasks that predict, a `kitae.generator.Generator`
+    for those that generate. A classifier's LoRA adapter is merged into the weights for speed
     (`merge=False` keeps the adapter layers, e.g. to save the adapter again).
     `trust_remote_code=True` lets the base model run code from the hub; it is never taken from
     the run directory (which may come from anyone)."""
@@ -309,17 +320,22 @@ def load(run_dir: str | Path, device: str = "auto", batch_size: int | None = Non
 
     if is_kitae_export(Path(run_dir)):
         meta = read_json(Path(run_dir) / "kitae_model.json")
-        if meta.get("task") in TASKS and get_task_class(meta["task"]).kind == "generator":
+        if _generates(meta.get("task")):
             raise RunDirError(f"{run_dir}: an exported causal LM loads with transformers / PEFT (its README says "
                               "how); kitae.load reads run directories and exported classifiers")
         return Classifier(Path(run_dir), device=device, batch_size=batch_size or 32,
                           trust_remote_code=trust_remote_code, merge=merge)
     run_dir = require_finished_run(Path(run_dir))
     task = read_json(run_dir / MODEL_DIR / "kitae_model.json").get("task", "single_label")
-    if task in TASKS and get_task_class(task).kind == "generator":
+    if _generates(task):
         from kitae.generator import Generator
 
         return Generator.from_run(run_dir, device=device, batch_size=batch_size or 8,
                                   trust_remote_code=trust_remote_code)
     return Classifier(run_dir, device=device, batch_size=batch_size or 32, trust_remote_code=trust_remote_code,
                       merge=merge)
+
+
+def _generates(task: Any) -> bool:
+    """Whether runs of this task generate (an unknown task reaches the classifier, which names it)."""
+    return task in TASKS and get_task_class(task).contract.generates

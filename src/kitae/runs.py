@@ -4,7 +4,7 @@
 RUN_DIR/
   run.json                  status (running / interrupted / finished), versions, timings, sizes
   config.yaml               the resolved config (every default filled in)
-  labels.json               index -> label
+  labels.json               the task, index -> label, the task's capability (predict / generate)
   metrics.json              dev and test metrics of the selected epoch
   history.csv, history.png  per-epoch train loss, dev loss and dev metrics
   steps.csv                 loss, learning rate, throughput and memory every log_every_steps steps

@@ -18,6 +18,7 @@ from kitae.config import RunConfig
 from kitae.metrics import label_cardinality_histogram, label_cooccurrence
 from kitae.metrics.plots import plot_cooccurrence, plot_label_rates, plot_length_histogram
 from kitae.runs import write_csv, write_json
+from kitae.tasks.contract import Analysis
 
 logger = logging.getLogger(__name__)
 
@@ -50,80 +51,100 @@ def analyze(config: RunConfig, output_dir: str | Path, tokenize: bool = True) ->
 
     output_dir = Path(output_dir)
     task, examples = prepare_data(config)
-    multi = config.task == "multi_label"
-    has_classes = config.task in ("single_label", "pair", "multi_label")
-    tokenizer, is_decoder = None, False
-    if tokenize:
-        from transformers import AutoConfig
-
-        from kitae.errors import KitaeError
-        from kitae.models.loading import is_encoder_config, load_tokenizer
-        from kitae.models.sources import resolve_source
-
-        source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
-        tokenizer = load_tokenizer(source, config.model)
-        try:  # decoders read a text pair through the template, encoders as the tokenizer's pair
-            is_decoder = not is_encoder_config(AutoConfig.from_pretrained(source.path, revision=source.revision))
-        except (OSError, ValueError) as exc:
-            raise KitaeError(f"model.name: cannot read the config of '{source.path}': {exc}") from None
+    offered = task.contract.analyses
+    multi = Analysis.CATEGORY_RATES in offered  # targets are one yes/no per category
+    has_rates = bool(offered & {Analysis.CLASS_SHARES, Analysis.CATEGORY_RATES})
+    tokenizer, is_decoder = _tokenizer(config) if tokenize else (None, False)
 
     report: dict[str, Any] = {"task": config.task, "labels": task.labels, "splits": {}}
     rate_rows: list[dict[str, Any]] = []
     rates: dict[str, dict[str, float]] = {}
     token_lengths: dict[str, list[int]] = {}
     for name, split in examples.items():
-        y = np.stack([e.target for e in split]) if multi else np.array([e.target for e in split])
         entry: dict[str, Any] = {"examples": len(split)}
-        if multi:
-            y = y.astype(int)
-            positives = y.sum(axis=0)
-            for label, count in zip(task.labels, positives):
-                rate_rows.append({"split": name, "label": label, "yes": int(count), "no": int(len(y) - count),
-                                  "rate": round(float(count / len(y)), 6)})
-            entry["label_count_histogram"] = label_cardinality_histogram(y)
-            cooc = label_cooccurrence(y)
-            write_csv(output_dir / f"cooccurrence_{name}.csv",
-                      [{"": label, **dict(zip(task.labels, map(int, row)))} for label, row in zip(task.labels, cooc)])
-            plot_cooccurrence(cooc, task.labels, output_dir / f"cooccurrence_{name}.png",
-                              title=f"{name}: co-occurrence (diagonal = positives)")
-            entry["cooccurrence"] = cooc.tolist()
-        elif has_classes:
-            counts = np.bincount(y, minlength=len(task.labels))
-            for label, count in zip(task.labels, counts):
-                rate_rows.append({"split": name, "label": label, "count": int(count),
-                                  "rate": round(float(count / len(y)), 6)})
-        elif config.task == "regression":
-            values = np.stack([e.target for e in split]).astype(float)
-            entry["targets"] = {label: {"mean": round(float(v.mean()), 4), "std": round(float(v.std()), 4),
-                                        "min": float(v.min()), "max": float(v.max())}
-                                for label, v in zip(task.labels, values.T)}
-        if has_classes:
-            rates[name] = {r["label"]: r["rate"] for r in rate_rows if r["split"] == name}
-        if task.kind == "generator":
+        split_rates = _target_analyses(task, offered, name, split, entry, output_dir)
+        rate_rows += split_rates
+        if has_rates:
+            rates[name] = {r["label"]: r["rate"] for r in split_rates}
+        if task.contract.generates:
             _generation_lengths(task, name, split, config, tokenizer, entry, token_lengths)
-            report["splits"][name] = entry
-            continue
-        # Lengths of what the model reads: a pair counts once, a reward pair as its two texts.
-        texts, _ = task.model_texts([e.text for e in split], is_decoder)
-        chars = np.array([sum(map(len, t)) if isinstance(t, tuple) else len(t) for t in texts])
-        entry["characters"] = _length_stats(chars, None)
-        if tokenizer is not None:
-            from kitae.data.batching import encode_texts
-
-            tokens = np.array([len(ids) for ids in encode_texts(tokenizer, texts, max_length=10**9).input_ids])
-            entry["tokens"] = _length_stats(tokens, config.model.max_length)
-            token_lengths[name] = tokens.tolist()
+        else:
+            _model_text_lengths(task, name, split, config, tokenizer, is_decoder, entry, token_lengths)
         report["splits"][name] = entry
 
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "summary.json", report)
-    if has_classes:
+    if has_rates:
         write_csv(output_dir / "label_rates.csv", rate_rows)
         plot_label_rates(rates, output_dir / "label_rates.png",
                          title="positive rate per category" if multi else "class share")
     if token_lengths:
         plot_length_histogram(token_lengths, config.model.max_length, output_dir / "token_lengths.png")
     return report
+
+
+def _tokenizer(config: RunConfig) -> tuple[Any, bool]:
+    """The run's tokenizer, and whether the model is a decoder (decoders read a text pair through
+    the template, encoders as the tokenizer's pair)."""
+    from transformers import AutoConfig
+
+    from kitae.errors import KitaeError
+    from kitae.models.loading import is_encoder_config, load_tokenizer
+    from kitae.models.sources import resolve_source
+
+    source = resolve_source(config.model.name, config.model.gguf_file, config.model.revision)
+    tokenizer = load_tokenizer(source, config.model)
+    try:
+        is_decoder = not is_encoder_config(AutoConfig.from_pretrained(source.path, revision=source.revision))
+    except (OSError, ValueError) as exc:
+        raise KitaeError(f"model.name: cannot read the config of '{source.path}': {exc}") from None
+    return tokenizer, is_decoder
+
+
+def _target_analyses(task: Any, offered: frozenset[Analysis], name: str, split: list[Any], entry: dict[str, Any],
+                     output_dir: Path) -> list[dict[str, Any]]:
+    """The target analyses the task offers for one split, into `entry`; its label-rate rows."""
+    rate_rows: list[dict[str, Any]] = []
+    if Analysis.CATEGORY_RATES in offered:
+        y = np.stack([e.target for e in split]).astype(int)
+        positives = y.sum(axis=0)
+        for label, count in zip(task.labels, positives):
+            rate_rows.append({"split": name, "label": label, "yes": int(count), "no": int(len(y) - count),
+                              "rate": round(float(count / len(y)), 6)})
+        entry["label_count_histogram"] = label_cardinality_histogram(y)
+    if Analysis.COOCCURRENCE in offered:
+        y = np.stack([e.target for e in split]).astype(int)
+        cooc = label_cooccurrence(y)
+        write_csv(output_dir / f"cooccurrence_{name}.csv",
+                  [{"": label, **dict(zip(task.labels, map(int, row)))} for label, row in zip(task.labels, cooc)])
+        plot_cooccurrence(cooc, task.labels, output_dir / f"cooccurrence_{name}.png",
+                          title=f"{name}: co-occurrence (diagonal = positives)")
+        entry["cooccurrence"] = cooc.tolist()
+    if Analysis.CLASS_SHARES in offered:
+        counts = np.bincount(np.array([e.target for e in split]), minlength=len(task.labels))
+        for label, count in zip(task.labels, counts):
+            rate_rows.append({"split": name, "label": label, "count": int(count),
+                              "rate": round(float(count / len(split)), 6)})
+    if Analysis.TARGET_STATS in offered:
+        values = np.stack([e.target for e in split]).astype(float)
+        entry["targets"] = {label: {"mean": round(float(v.mean()), 4), "std": round(float(v.std()), 4),
+                                    "min": float(v.min()), "max": float(v.max())}
+                            for label, v in zip(task.labels, values.T)}
+    return rate_rows
+
+
+def _model_text_lengths(task: Any, name: str, split: list[Any], config: RunConfig, tokenizer: Any, is_decoder: bool,
+                        entry: dict[str, Any], token_lengths: dict[str, list[int]]) -> None:
+    """Classifiers: lengths of what the model reads (a pair counts once, a reward pair as its two texts)."""
+    texts, _ = task.model_texts([e.text for e in split], is_decoder)
+    chars = np.array([sum(map(len, t)) if isinstance(t, tuple) else len(t) for t in texts])
+    entry["characters"] = _length_stats(chars, None)
+    if tokenizer is not None:
+        from kitae.data.batching import encode_texts
+
+        tokens = np.array([len(ids) for ids in encode_texts(tokenizer, texts, max_length=10**9).input_ids])
+        entry["tokens"] = _length_stats(tokens, config.model.max_length)
+        token_lengths[name] = tokens.tolist()
 
 
 def _generation_lengths(task: Any, name: str, split: list[Any], config: RunConfig, tokenizer: Any,
@@ -138,7 +159,8 @@ def _generation_lengths(task: Any, name: str, split: list[Any], config: RunConfi
 
     counts = np.array([characters(e.text) for e in split])
     entry["characters"] = _length_stats(counts.sum(axis=1), None)
-    if config.task == "sft":
+    prompted = Analysis.PROMPT_LENGTHS in task.contract.analyses
+    if prompted:
         entry["prompt_characters"] = _length_stats(counts[:, 0], None)
         entry["response_characters"] = _length_stats(counts[:, 1], None)
     if tokenizer is None:
@@ -146,7 +168,7 @@ def _generation_lengths(task: Any, name: str, split: list[Any], config: RunConfi
     from kitae.models.loading import Backbone
 
     encoded = task.encode(name, split, Backbone(None, config.model, tokenizer, None))  # type: ignore[arg-type]
-    if config.task == "sft":
+    if prompted:
         tokens = np.array([len(ids) for ids, _ in encoded.examples])
         entry["tokens"] = {**_length_stats(tokens, None), "over_max_length": encoded.truncated}
         entry["prompt_tokens"] = _length_stats(np.array(encoded.prompt_lengths), None)

@@ -546,9 +546,12 @@ class ClassifierFilter:
     """Scores rows with a loaded kitae `Classifier` and applies the keep rules."""
 
     def __init__(self, classifier: Any, rules: Sequence[KeepRule], source: str = "") -> None:
-        if not hasattr(classifier, "predict") or not hasattr(classifier, "labels"):
-            raise KitaeError(f"--score-with {source}: an sft / causal_lm run generates text; scoring needs a "
-                             "classifier run (single_label, multi_label, pair, regression or reward)")
+        from kitae.inference.loaded import LoadedRun
+        from kitae.tasks.contract import Capability
+
+        if not isinstance(classifier, LoadedRun) or classifier.capability is not Capability.PREDICT:
+            raise KitaeError(f"--score-with {source}: {_what_it_is(classifier)}; scoring needs a classifier run "
+                             f"(a run of a task that predicts: {', '.join(_tasks_that(Capability.PREDICT))})")
         if not rules:
             raise KitaeError("--score-with needs --keep EXPR: which predictions to keep, e.g. "
                              "--keep 'label==good' or --keep 'p(good)>=0.7'")
@@ -694,6 +697,30 @@ def filter_rows(rows: Iterable[Row], data: SFTData, options: FilterOptions | Non
         yield from block
 
 
+def instruction_tasks() -> list[str]:
+    """The tasks whose data section reads instruction rows (what the filter's checks read); from
+    the torch-free run configs, so a filter without a classifier never imports torch."""
+    from kitae.config import TASK_CONFIGS
+    from kitae.config.sections import InstructionKeys
+
+    return [name for name, config in TASK_CONFIGS.items()
+            if issubclass(config.model_fields["data"].annotation, InstructionKeys)]
+
+
+def _tasks_that(capability: Any) -> list[str]:
+    from kitae.tasks import TASKS, get_task_class
+
+    return [name for name in TASKS if get_task_class(name).contract.capability is capability]
+
+
+def _what_it_is(classifier: Any) -> str:
+    from kitae.inference.loaded import LoadedRun
+
+    if isinstance(classifier, LoadedRun):
+        return f"a {classifier.task_class.name} run generates text"
+    return f"a {type(classifier).__name__} is not a loaded kitae run"
+
+
 def report_paths(output: Path) -> tuple[Path, Path]:
     """(report, dropped rows) beside the output: clean.jsonl -> clean.report.json, clean.dropped.jsonl."""
     return output.with_name(f"{output.stem}.report.json"), output.with_name(f"{output.stem}.dropped.jsonl")
@@ -707,14 +734,16 @@ def filter_file(config: RunConfig | str | Path, output: str | Path, input: str |
     is written unless the whole file is filtered. `classifier`: an already loaded classifier to
     score with (instead of loading `options.score_with`)."""
     from kitae.config import RunConfig, load_config
+    from kitae.config.sections import InstructionKeys
 
     started = time.monotonic()
     options = options or FilterOptions()
     if not isinstance(config, RunConfig):
         config = load_config(config)
-    if config.task != "sft":
+    if not isinstance(config.data, InstructionKeys):  # the checks read rows as instructions / conversations
+        readers = ", ".join(f"task: {name}" for name in instruction_tasks())
         raise KitaeError(f"kitae data filter selects instruction data: the config is task {config.task}; "
-                         "it needs task: sft (and the columns of your rows under data:)")
+                         f"it needs {readers} (and the columns of your rows under data:)")
     data = config.data
     source = Path(input) if input is not None else data.train
     output = Path(output)

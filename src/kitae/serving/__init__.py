@@ -97,7 +97,7 @@ def build_app(source: str | Path, limits: ServeLimits | None = None, token: str 
     vllm, tei, onnx) — what `serve` runs; tests and other ASGI servers can use it directly."""
     from kitae import __version__
     from kitae.models.sources import public_model_name
-    from kitae.predictor import Classifier, load
+    from kitae.predictor import load
     from kitae.runs import MODEL_DIR
     from kitae.serving.app import PredictService, ServeLimits, create_app
 
@@ -107,7 +107,7 @@ def build_app(source: str | Path, limits: ServeLimits | None = None, token: str 
     except ImportError:
         raise KitaeError("kitae serve needs the serve extra: pip install 'kitae[serve]'") from None
     model = load(source, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
-    if not isinstance(model, Classifier):
+    if model.generates:  # the task declares it (kitae.tasks.contract); only classifiers are served
         raise KitaeError(f"{source}: a {model.config.task} run generates text; kitae serve serves "
                          "classification runs (use kitae generate, or the Python Generator)")
     meta = model.meta

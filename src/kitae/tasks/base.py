@@ -11,6 +11,8 @@ A task decides everything problem-specific, and nothing else is:
 - model: which model it builds on the backbone (`build_model`) and how it is saved;
 - batches: how a split is tokenised (`encode`), how a batch is built (`batch`) and its loss
   computed (`batch_loss`);
+- contract: what the rest of kitae asks of it instead of its name (`contract`, see
+  kitae.tasks.contract);
 - evaluation: what a model outputs on a split (`evaluate`: logits, or generations), the metrics of
   those outputs (`metrics`), and the files they become (`write_outputs`).
 
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from kitae.data.readers import Row
+from kitae.tasks.contract import TaskContract
 
 if TYPE_CHECKING:
     from kitae.config import RunConfig
@@ -54,8 +57,10 @@ class Task(ABC):
     # The few metrics that tables, logs and the model card show, most important first (the
     # metrics training.select_metric may name are the run config's `metric_names`).
     report_metrics: ClassVar[tuple[str, ...]]
-    # What `kitae.load` returns for a run of this task: a "classifier" or a "generator".
-    kind: ClassVar[str] = "classifier"
+    # What the rest of kitae asks instead of the task's name (kitae.tasks.contract): whether a
+    # loaded run predicts or generates, the export's problem type and activation, the card's
+    # pipeline tag and summary, the data analysis offered. Every task declares its own.
+    contract: ClassVar[TaskContract]
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         self.config = config

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from kitae.data.packing import LMSplit, chunk_stream
 from kitae.data.readers import Row
+from kitae.tasks.contract import generator_contract
 from kitae.tasks.generative import GenerativeTask
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 class CausalLMTask(GenerativeTask):
     name = "causal_lm"
+    contract = generator_contract("A further pre-trained causal language model", False)
     report_metrics = ("perplexity", "loss")
 
     def encode_target(self, row: Row) -> Any:

@@ -33,10 +33,7 @@ logger = logging.getLogger("kitae")
 
 
 class ClassificationTask(Task):
-    problem_type: ClassVar[str] = "single_label_classification"  # transformers' config.problem_type
     group_size: ClassVar[int] = 1  # token sequences per example (reward: chosen and rejected)
-    # Whether `probabilities` are probabilities (classifiers) or real values (regression, reward).
-    outputs_probabilities: ClassVar[bool] = True
     packed = False  # batches packed several sequences to a row (set when the model is built)
 
     # --- input ----------------------------------------------------------------------------
@@ -47,6 +44,11 @@ class ClassificationTask(Task):
 
         data = self.config.data
         return as_model_texts(list(texts), data.text_fields, data.template, is_decoder), 1
+
+    @property
+    def outputs_probabilities(self) -> bool:
+        """Whether `probabilities` are probabilities (classifiers) or real values (regression, reward)."""
+        return self.contract.outputs_probabilities
 
     @property
     def num_outputs(self) -> int:
@@ -97,7 +99,7 @@ class ClassificationTask(Task):
         config = self.config
         id2label = dict(enumerate(self.labels))
         loaded = load_for_classification(backbone.source, config.model, plan, id2label,
-                                         backbone.tokenizer.pad_token_id, self.problem_type)
+                                         backbone.tokenizer.pad_token_id, self.contract.problem_type)
         apply_kernels(loaded.model, plan)
         pooling = resolve_pooling(config.model.pooling, loaded.is_decoder, loaded.new_modules)
         model = apply_adapter(loaded.model, config.adapter, find_head_name(loaded.model), loaded.new_modules,
@@ -145,6 +147,16 @@ class ClassificationTask(Task):
 
         save_classifier(model, backbone.tokenizer, folder,
                         {**meta, "pooling": model.pooling, "packing": self.config.training.packing}, weights)
+
+
+def focal_terms(losses: torch.Tensor, p_true: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Focal loss (Lin et al., 2017), the one implementation single_label and multi_label share:
+    each loss term scaled by (1 - p_true)^gamma, so confidently right examples count less.
+
+    >>> focal_terms(torch.tensor([1.0, 1.0]), torch.tensor([0.5, 1.0]), 2.0).tolist()
+    [0.25, 0.0]
+    """
+    return (1 - p_true) ** gamma * losses
 
 
 def resolve_pooling(requested: str, is_decoder: bool, new_modules: list[str]) -> str:

@@ -32,7 +32,6 @@ logger = logging.getLogger("kitae")
 
 
 class GenerativeTask(Task):
-    kind = "generator"
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
         super().__init__(config, labels)
@@ -102,7 +101,7 @@ class GenerativeTask(Task):
         return total, tokens.detach().float().cpu()
 
     # --- evaluation -----------------------------------------------------------------------
-    def generates(self, final: bool) -> bool:
+    def evaluation_generates(self, final: bool) -> bool:
         """Whether an evaluation generates text (sft at the end, and every epoch when asked)."""
         return False
 
@@ -129,7 +128,7 @@ class GenerativeTask(Task):
     def evaluate(self, model: nn.Module, split: LMSplit, plan: PrecisionPlan, batch_size: int,
                  final: bool = True) -> dict[str, Any]:
         outputs: dict[str, Any] = {"loss": self.mean_loss(model, split, plan, batch_size), "generations": None}
-        if self.generates(final):
+        if self.evaluation_generates(final):
             outputs["generations"] = self.generate(model, split, plan)
         return outputs
 
@@ -145,7 +144,7 @@ class GenerativeTask(Task):
                         progress=len(prompts) > batch_size and is_main_process(), desc=f"generate {split.name}")
 
     def outputs_are_final(self, outputs: dict[str, Any]) -> bool:
-        return not self.generates(final=True) or outputs.get("generations") is not None
+        return not self.evaluation_generates(final=True) or outputs.get("generations") is not None
 
     def metrics(self, targets: Sequence[Any], outputs: dict[str, Any]) -> dict[str, Any]:
         loss = float(outputs["loss"])

@@ -26,7 +26,8 @@ from kitae.metrics import label_cardinality_histogram, multilabel_metrics, tune_
 from kitae.metrics.multilabel import binarize
 from kitae.metrics.plots import plot_multilabel_confusion_grid
 from kitae.runs import write_csv
-from kitae.tasks.classification import ClassificationTask
+from kitae.tasks.classification import ClassificationTask, focal_terms
+from kitae.tasks.contract import Activation, Analysis, classifier_contract
 
 if TYPE_CHECKING:
     from kitae.config import RunConfig
@@ -83,7 +84,8 @@ def _list_value(row: Row, field: str) -> list[str]:
 
 class MultiLabelTask(ClassificationTask):
     name = "multi_label"
-    problem_type = "multi_label_classification"
+    contract = classifier_contract("A multi-label text classifier", "multi_label_classification", Activation.SIGMOID,
+                                   Analysis.CATEGORY_RATES, Analysis.COOCCURRENCE)
     report_metrics = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "weighted_f1",
                       "macro_precision", "macro_recall", "macro_roc_auc", "log_loss")
 
@@ -205,23 +207,21 @@ class MultiLabelTask(ClassificationTask):
             {k: v for k, v in (balance.target_rate or {}).items() if k in kept},
             {k: v for k, v in (balance.upsample or {}).items() if k in kept})
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-        if self.config.balance.loss == "focal":
-            bce = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight, reduction="none")
-            p = torch.sigmoid(logits.float())
-            p_true = p * targets + (1 - p) * (1 - targets)
-            return ((1 - p_true) ** self.config.balance.focal_gamma * bce).mean()
-        return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
-
-    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _terms(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per (example, category): the binary cross-entropy, focal-scaled with balance.loss: focal."""
         pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
         bce = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight, reduction="none")
-        if self.config.balance.loss == "focal":
-            p = torch.sigmoid(logits.float())
-            p_true = p * targets + (1 - p) * (1 - targets)
-            bce = (1 - p_true) ** self.config.balance.focal_gamma * bce
-        return bce.sum(), torch.tensor(float(bce.numel()))  # the mean is over every (example, label)
+        if self.config.balance.loss != "focal":
+            return bce
+        p = torch.sigmoid(logits.float())
+        return focal_terms(bce, p * targets + (1 - p) * (1 - targets), self.config.balance.focal_gamma)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._terms(logits, targets).mean()
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        terms = self._terms(logits, targets)
+        return terms.sum(), torch.tensor(float(terms.numel()))  # the mean is over every (example, label)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return torch.sigmoid(torch.from_numpy(logits).double()).numpy()

@@ -8,8 +8,11 @@ them) and decoders through the pair template.
 
 from __future__ import annotations
 
+from kitae.tasks.contract import Activation, Analysis, classifier_contract
 from kitae.tasks.single_label import SingleLabelTask
 
 
 class PairTask(SingleLabelTask):
     name = "pair"
+    contract = classifier_contract("A text-pair classifier", "single_label_classification", Activation.SOFTMAX,
+                                   Analysis.CLASS_SHARES)

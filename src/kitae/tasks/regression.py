@@ -22,6 +22,7 @@ from kitae.data.readers import Row
 from kitae.metrics import regression_metrics
 from kitae.runs import write_csv
 from kitae.tasks.classification import ClassificationTask
+from kitae.tasks.contract import Activation, Analysis, classifier_contract
 
 if TYPE_CHECKING:
     from kitae.config import RunConfig
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
 
 class RegressionTask(ClassificationTask):
     name = "regression"
-    problem_type = "regression"
-    outputs_probabilities = False
+    # The head's outputs are z-scores when data.normalize_targets: VALUES maps them back.
+    contract = classifier_contract("A regression model", "regression", Activation.VALUES, Analysis.TARGET_STATS)
     report_metrics = ("rmse", "mae", "r2", "pearson", "spearman")
 
     @classmethod

@@ -20,6 +20,7 @@ from kitae.data.readers import Row
 from kitae.data.templates import pair_as_text, render_text
 from kitae.errors import DataError
 from kitae.tasks.classification import ClassificationTask
+from kitae.tasks.contract import Activation, classifier_contract
 
 if TYPE_CHECKING:
     from kitae.config import RunConfig
@@ -36,8 +37,8 @@ def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
 
 class RewardTask(ClassificationTask):
     name = "reward"
-    problem_type = "regression"  # one real-valued output: a score
-    outputs_probabilities = False
+    # One real-valued output, a score: problem_type "regression" is how transformers names it.
+    contract = classifier_contract("A reward model (one score per text)", "regression", Activation.SCORES)
     group_size = 2
     report_metrics = ("pairwise_accuracy", "mean_margin")
 

@@ -31,6 +31,7 @@ from kitae.data.readers import Row
 from kitae.errors import DataError
 from kitae.metrics.generation import GENERATION_DIRECTIONS, generation_metrics, per_example_scores
 from kitae.runs import write_jsonl
+from kitae.tasks.contract import Analysis, generator_contract
 from kitae.tasks.generative import GenerativeTask
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 class SFTTask(GenerativeTask):
     name = "sft"
+    contract = generator_contract("An instruction-tuned (SFT) causal language model", True, Analysis.PROMPT_LENGTHS)
     report_metrics = ("exact_match", "char_f1", "chrf", "choice_accuracy", "loss")
 
     def __init__(self, config: RunConfig, labels: list[str]) -> None:
@@ -132,7 +134,7 @@ class SFTTask(GenerativeTask):
         return tokenized.input_ids[:tokenized.prompt_length], prompt
 
     # --- evaluation -----------------------------------------------------------------------
-    def generates(self, final: bool) -> bool:
+    def evaluation_generates(self, final: bool) -> bool:
         return (final or self.config.evaluation.generate_each_epoch
                 or self.config.training.select_metric in GENERATION_DIRECTIONS)
 

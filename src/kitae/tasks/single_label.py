@@ -22,7 +22,8 @@ from kitae.errors import ConfigError, DataError
 from kitae.metrics import classification_report_rows, single_label_metrics
 from kitae.metrics.plots import plot_confusion_matrix
 from kitae.runs import write_csv
-from kitae.tasks.classification import ClassificationTask
+from kitae.tasks.classification import ClassificationTask, focal_terms
+from kitae.tasks.contract import Activation, Analysis, classifier_contract
 
 if TYPE_CHECKING:
     from kitae.config import RunConfig
@@ -60,6 +61,8 @@ def _is_numeral(text: str) -> bool:
 
 class SingleLabelTask(ClassificationTask):
     name = "single_label"
+    contract = classifier_contract("A single-label text classifier", "single_label_classification",
+                                   Activation.SOFTMAX, Analysis.CLASS_SHARES)
     report_metrics = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "weighted_f1",
                       "roc_auc", "log_loss")
 
@@ -133,23 +136,27 @@ class SingleLabelTask(ClassificationTask):
     def collate_targets(self, targets: Sequence[int]) -> torch.Tensor:
         return torch.tensor(list(targets), dtype=torch.long)
 
+    def _weight(self, logits: torch.Tensor) -> torch.Tensor | None:
+        return None if self.class_weights is None else self.class_weights.to(logits.device)
+
+    def _focal_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per example: the focal-scaled (class-weighted, smoothed) cross-entropy."""
+        ce = F.cross_entropy(logits.float(), targets, weight=self._weight(logits), reduction="none",
+                             label_smoothing=self.config.training.label_smoothing)
+        p_true = torch.softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+        return focal_terms(ce, p_true, self.config.balance.focal_gamma)
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-        smoothing = self.config.training.label_smoothing
         if self.config.balance.loss == "focal":
-            # Focal loss: (1 - p_true)^gamma scales each example's (weighted) cross-entropy.
-            ce = F.cross_entropy(logits.float(), targets, weight=weight, reduction="none", label_smoothing=smoothing)
-            p_true = torch.softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
-            return ((1 - p_true) ** self.config.balance.focal_gamma * ce).mean()
-        return F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=smoothing)
+            return self._focal_terms(logits, targets).mean()
+        return F.cross_entropy(logits.float(), targets, weight=self._weight(logits),
+                               label_smoothing=self.config.training.label_smoothing)
 
     def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-        smoothing = self.config.training.label_smoothing
         if self.config.balance.loss == "focal":
-            ce = F.cross_entropy(logits.float(), targets, weight=weight, reduction="none", label_smoothing=smoothing)
-            p_true = torch.softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
-            return ((1 - p_true) ** self.config.balance.focal_gamma * ce).sum(), torch.tensor(float(len(targets)))
+            return self._focal_terms(logits, targets).sum(), torch.tensor(float(len(targets)))
+        weight = self._weight(logits)
+        smoothing = self.config.training.label_smoothing
         # A class-weighted mean divides by the targets' summed weights, not the example count.
         total = F.cross_entropy(logits.float(), targets, weight=weight, reduction="sum", label_smoothing=smoothing)
         count = torch.tensor(float(len(targets))) if weight is None else weight[targets].sum().detach().cpu()

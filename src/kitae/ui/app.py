@@ -282,10 +282,12 @@ def create_ui_app(runs_dir: Path, token: str | None = None, base_dir: Path | Non
             app.router.routes.insert(0, Mount(f"/serve/{number}", app=serving))
         info = serving.state.service.info
         classifier = serving.state.service.classifier
-        thresholds = classifier.task.state().get("thresholds") if info["task"] == "multi_label" else None
+        # Tuned thresholds where the task decides by them; pairs where the run reads text pairs.
+        thresholds = classifier.task.state().get("thresholds")
+        data = classifier.task.config.data
         return {"kind": "classifier", "run": name, "predict_url": f"/serve/{number}/predict", "info": info,
                 "thresholds": thresholds, "pair": bool(classifier.meta["data"].get("text_fields"))
-                or info["task"] == "pair"}
+                or bool(data.pair_fields())}
 
     @app.post("/api/generate")
     async def generate(request: Request) -> Any:
@@ -495,7 +497,7 @@ def _run_detail(state: UIState, name: str) -> dict[str, Any]:
                    and p.name != "steps.csv")
     config_text = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
     return {"run": name, "path": str(run_dir), "status": status, "pid": pid, "task": summary.task,
-            "model": summary.model, "adapter": summary.adapter, "config": summary.config, "config_yaml": config_text,
+            "capability": run_capability(run_dir), "model": summary.model, "adapter": summary.adapter, "config": summary.config, "config_yaml": config_text,
             "metrics": summary.metrics, "summary": summary.summary, "info": summary.info,
             "progress": _read_progress(run_dir), "history": _read_history(run_dir), "files": files,
             "job": describe_job(job), "log": state.jobs.log_tail(name),
@@ -532,8 +534,7 @@ def _served_app(state: UIState, name: str) -> tuple[int, Any] | None:
         if name in state.served:
             return state.served[name]
         run_dir = require_finished_run(state.jobs.run_dir(name))
-        task = (read_json(run_dir / "labels.json") or {}).get("task")
-        if task in ("sft", "causal_lm"):
+        if run_capability(run_dir) == "generate":
             return None
         serving = build_app(run_dir)  # the UI's own guard stands before /serve/N/ (token, host)
         serving.state.service.worker.start()
@@ -541,9 +542,24 @@ def _served_app(state: UIState, name: str) -> tuple[int, Any] | None:
         return state.served[name]
 
 
+def run_capability(run_dir: Path) -> str:
+    """"predict" or "generate": what the run's task declares (kitae.tasks.contract), as the run
+    directory records it; "" before training has written it. Runs of earlier releases did not
+    record it: their task class says (which imports torch, once)."""
+    from kitae.tasks import TASKS, get_task_class
+
+    path = run_dir / "labels.json"
+    labels = read_json(path) if path.is_file() else {}
+    if labels.get("capability"):
+        return str(labels["capability"])
+    task = labels.get("task")
+    return str(get_task_class(task).contract.capability) if task in TASKS else ""
+
+
 def _generate(state: UIState, name: str, prompts: list[str]) -> dict[str, Any]:
     import kitae
     from kitae.runs import require_finished_run
+    from kitae.tasks.contract import Capability
 
     prompts = [str(p) for p in prompts if str(p).strip()]
     if not prompts:
@@ -552,8 +568,7 @@ def _generate(state: UIState, name: str, prompts: list[str]) -> dict[str, Any]:
         if name not in state.generators:
             state.generators[name] = kitae.load(require_finished_run(state.jobs.run_dir(name)))
         generator = state.generators[name]
-    if not hasattr(generator, "generate"):
-        raise KitaeError(f"run {name}: a classifier; use predict")
+    generator.require(Capability.GENERATE)
     return {"generations": generator.generate(prompts[:64])}
 
 

@@ -454,8 +454,8 @@ async function renderRun(name) {
 function tryPanel(name, run) {
   const panel = h("section", {class: "card", id: "try-panel", "data-run": name}, h("h2", {}, t("run.try")));
   const out = h("div", {id: "try-output"});
-  const isGenerator = ["sft", "causal_lm"].includes(run.task);
-  const pair = run.task === "pair" || !!run.config["data.text_fields"];
+  const isGenerator = run.capability === "generate";  // what the run's task declares
+  const pair = !!run.config["data.text_fields"];
   const textA = h("textarea", {id: "try-text", rows: 4, placeholder: pair ? "text A (one per line)" : t("run.try_hint")});
   const textB = pair ? h("textarea", {id: "try-text-b", rows: 4, placeholder: "text B (one per line)"}) : "";
   const button = h("button", {type: "button", class: "primary", id: "try-button", onclick: async () => {
