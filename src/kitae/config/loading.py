@@ -30,17 +30,24 @@ def _union() -> TypeAdapter[Any]:
     return TypeAdapter(AnyRunConfig)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config, apply `key.sub=value` overrides, validate, and check input files exist."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str, shape: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, or one ConfigError: missing, not YAML, or `shape`
+    (what the mapping should look like) when it holds something else."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of sections (data:, model:, ...)")
+        raise ConfigError(f"{path}: {shape}")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply `key.sub=value` overrides, validate, and check input files exist."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "config", "the config must be a mapping of sections (data:, model:, ...)")
     for override in overrides:
         apply_override(raw, override)
     return config_from_dict(raw, base_dir=path.parent, source=str(path))

@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from kitae.config import Section, config_from_dict, format_validation_error
+from kitae.config.loading import read_yaml_mapping
 from kitae.errors import ConfigError, KitaeError
 
 logger = logging.getLogger("kitae")
@@ -127,14 +128,7 @@ def describe(point: dict[str, Any]) -> str:
 def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep file and its base config; check the selection metric against the task."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a sweep is a mapping (base:, method:, space:, seeds:, output:)")
+    raw = read_yaml_mapping(path, "sweep", "a sweep is a mapping (base:, method:, space:, seeds:, output:)")
     try:
         config = SweepConfig.model_validate(raw)
     except ValidationError as exc:
